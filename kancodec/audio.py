@@ -1,0 +1,148 @@
+"""Audio in and out: reading, resampling, windowing and overlap-add, atomic writes.
+
+Arrays here are ``(channels, frames)`` float32 NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import InputError, OutputError
+
+WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+MIN_SR, MAX_SR = 8000, 192000
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read any file soundfile can (WAV, FLAC, OGG, …) -> ``((C, T) float32, sample rate)``.
+
+    Raises InputError for a missing or unreadable file, no samples, or NaN/Inf samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give an audio file (WAV, FLAC or OGG)")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise InputError(f"{path}: not a readable audio file ({str(e).strip() or 'unknown format'}); "
+                         "give a WAV, FLAC or OGG file") from None
+    if data.shape[0] == 0:
+        raise InputError(f"{path}: holds no samples (zero-length audio); nothing to encode")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: contains NaN or infinite samples; repair or re-export the file")
+    if not MIN_SR <= sr <= MAX_SR:
+        raise InputError(f"{path}: sample rate {sr} Hz is outside {MIN_SR}-{MAX_SR} Hz; resample it first")
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Band-limited resampling (soxr, high quality) of ``(C, T)`` -> ``(C, T')``.
+
+    Output length is ``round(T * sr_out / sr_in)``. Going down, soxr's low-pass removes
+    everything above the new Nyquist frequency, so nothing aliases.
+    """
+    if sr_in == sr_out:
+        return x
+    n_out = round(x.shape[1] * sr_out / sr_in)
+    y = soxr.resample(x.T, sr_in, sr_out, quality="HQ").T
+    if y.shape[1] < n_out:
+        y = np.pad(y, ((0, 0), (0, n_out - y.shape[1])))
+    return np.ascontiguousarray(y[:, :n_out], dtype=np.float32)
+
+
+def n_windows(frames: int, chunk: int, overlap: int) -> int:
+    """How many windows of ``chunk`` samples, overlapping by ``overlap``, cover ``frames``."""
+    if frames <= chunk:
+        return 1
+    hop = chunk - overlap
+    return 1 + math.ceil((frames - chunk) / hop)
+
+
+def split_windows(x: np.ndarray, chunk: int, overlap: int) -> np.ndarray:
+    """``(C, T)`` -> ``(C, W, chunk)`` windows; the last one is zero-padded."""
+    c, t = x.shape
+    w = n_windows(t, chunk, overlap)
+    hop = chunk - overlap
+    padded = np.zeros((c, (w - 1) * hop + chunk), dtype=np.float32)
+    padded[:, :t] = x
+    idx = np.arange(w)[:, None] * hop + np.arange(chunk)[None, :]
+    return padded[:, idx]
+
+
+def crossfade_weights(pos: np.ndarray, chunk: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    """Weight of one window at positions ``pos`` (in fitted samples from its start).
+
+    Fade-in over ``[0, overlap)`` is ``sin²``, fade-out over the last ``overlap`` samples is
+    ``cos²`` of the same phase, so a window's fade-out plus the next one's fade-in is 1 at
+    every position, on any output grid.
+    """
+    w = np.ones_like(pos, dtype=np.float64)
+    if overlap <= 0:
+        return w
+    if not first:
+        a = np.clip(pos / overlap, 0.0, 1.0)
+        w *= np.sin(0.5 * np.pi * a) ** 2
+    if not last:
+        hop = chunk - overlap
+        a = np.clip((pos - hop) / overlap, 0.0, 1.0)
+        w *= np.cos(0.5 * np.pi * a) ** 2
+    return w
+
+
+@contextmanager
+def atomic_path(dest: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
+
+    Raises OutputError if ``dest`` exists and ``force`` is false, or its folder is not writable.
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise OutputError(f"{dest}: already exists; pass --force to overwrite or choose another -o")
+    if dest.is_dir():
+        raise OutputError(f"{dest}: is a directory; give a file name")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: no such directory; create it or choose another -o")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=folder)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write here ({e.strerror}); choose another -o") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def check_output_format(path: str | Path) -> str:
+    """The soundfile format for an output path, or OutputError listing the choices."""
+    ext = Path(path).suffix.lower()
+    if ext not in WRITE_FORMATS:
+        raise OutputError(f"{path}: cannot write {ext or 'files without an extension'}; "
+                          f"use one of: {', '.join(WRITE_FORMATS)}")
+    return WRITE_FORMATS[ext]
+
+
+def write_audio(path: str | Path, x: np.ndarray, sr: int, force: bool = False, subtype: str | None = None) -> None:
+    """Write ``(C, T)`` float audio to WAV or FLAC (by extension), atomically.
+
+    Samples are clipped to [-1, 1]; WAV is 16-bit PCM unless ``subtype`` says otherwise.
+    """
+    fmt = check_output_format(path)
+    data = np.clip(x, -1.0, 1.0).T
+    with atomic_path(path, force) as tmp:
+        sf.write(str(tmp), data, sr, format=fmt, subtype=subtype or "PCM_16")

@@ -1,0 +1,146 @@
+"""Fitting a batch of INRs to a batch of windows by gradient descent.
+
+One optimisation covers all ``B`` windows at once (batched parameters, summed
+per-window losses), so a long file costs a few large steps, not a Python loop over
+windows. The first layer's input features depend only on the shared time grid and are
+computed once per fit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from . import inr
+from ._alloc import tune_allocator
+from .errors import KanError
+from .loss import SpectralLoss, fit_loss, snr
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a fit runs. Saved into every ``.kan`` file (see ``kanfile``).
+
+    The schedule is a linear warm-up over ``warmup`` of the steps, then cosine decay
+    from ``lr`` to ``lr * final_lr_ratio``.
+    """
+
+    steps: int = 300
+    lr: float = 1e-2
+    warmup: float = 0.05
+    final_lr_ratio: float = 0.02
+    weight_decay: float = 0.0
+    l1_weight: float = 1.0
+    spectral_weight: float = 1.0
+    seed: int = 0
+
+    def lr_at(self, step: int) -> float:
+        warm = max(1, int(self.warmup * self.steps))
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        frac = (step - warm) / max(1, self.steps - warm)
+        lo = self.lr * self.final_lr_ratio
+        return lo + 0.5 * (self.lr - lo) * (1 + math.cos(math.pi * frac))
+
+
+# Loss weights: the paper's 1:1 L1 : mel-STFT matches the spectrum early but leaves the
+# waveform unlocked (on the demo clip, 300 steps at lr 1e-2 gave SNR -1.8 dB, SI-SNR -12 dB);
+# weighting L1 10x above the spectral term gave SNR +5.3 dB, SI-SNR +4.1 dB in the same
+# 300 steps (measured on one 32,768-sample window). "paper" keeps the paper's weights.
+PRESETS: dict[str, FitSettings] = {
+    "fast": FitSettings(steps=300, spectral_weight=0.1),
+    "standard": FitSettings(steps=2000, spectral_weight=0.1),
+    "paper": FitSettings(steps=10000, lr=5e-3),
+}
+
+
+def preset(name: str, device: torch.device) -> FitSettings:
+    """Settings for a preset name; ``auto`` is ``standard`` on CUDA and ``fast`` on CPU."""
+    if name == "auto":
+        name = "standard" if device.type == "cuda" else "fast"
+    if name not in PRESETS:
+        raise KanError(f"unknown preset {name!r}; choose one of: auto, {', '.join(PRESETS)}")
+    return replace(PRESETS[name])
+
+
+@dataclass
+class FitProgress:
+    step: int
+    steps: int
+    loss: float
+    snr_db: float
+    elapsed: float
+
+
+@dataclass
+class FitResult:
+    params: dict[str, torch.Tensor]
+    loss: float
+    snr_db: torch.Tensor  # (B,) final SNR of each window in dB
+    seconds: float
+    steps: int
+
+
+def time_grid(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The ``(n,)`` times at which a window of ``n`` samples is fitted: ``[-1, 1]``, ends included."""
+    return torch.linspace(-1.0, 1.0, n, device=device)
+
+
+def _compiled_forward(use_compile: bool):
+    if not use_compile:
+        return inr.forward_features
+    return torch.compile(inr.forward_features, dynamic=False)
+
+
+def fit(config: inr.KANConfig, target: torch.Tensor, settings: FitSettings, sr: int,
+        init: dict[str, torch.Tensor] | None = None, compile: bool = False,
+        progress: Callable[[FitProgress], None] | None = None, progress_every: int = 10) -> FitResult:
+    """Fit ``B`` networks to ``B`` windows.
+
+    Args:
+        config: the INR architecture.
+        target: ``(B, N)`` windows (peak-normalised) on the device to fit on.
+        settings: steps, learning-rate schedule, loss weights, seed.
+        sr: the windows' sample rate (sets the mel filterbanks).
+        init: starting parameters (``(B, …)`` each); random from ``settings.seed`` if None.
+        compile: run the forward pass through ``torch.compile`` (about 25 s to compile on
+            CPU; 3x faster steps afterwards).
+        progress: called every ``progress_every`` steps and after the last.
+    Returns:
+        the fitted parameters (detached, on the target's device) and final statistics.
+    """
+    tune_allocator()
+    device = target.device
+    batch, n = target.shape
+    if init is None:
+        init = inr.init_params(config, batch, seed=settings.seed)
+    params = {k: v.detach().to(device).clone().requires_grad_(True) for k, v in init.items()}
+    opt = torch.optim.AdamW(list(params.values()), lr=settings.lr, weight_decay=settings.weight_decay)
+    spectral = SpectralLoss(sr)
+    feats = inr.input_features(config, time_grid(n, device))
+    fwd = _compiled_forward(compile)
+    start = time.perf_counter()
+    loss_value, step = float("nan"), 0
+    for step in range(settings.steps):
+        for group in opt.param_groups:
+            group["lr"] = settings.lr_at(step)
+        pred = inr.forward_chunked(config, params, feats, fwd)
+        loss = fit_loss(pred, target, spectral, settings.l1_weight, settings.spectral_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress and ((step + 1) % progress_every == 0 or step + 1 == settings.steps):
+            loss_value = loss.item() / batch
+            with torch.no_grad():
+                cur = snr(pred.detach(), target).mean().item()
+            progress(FitProgress(step + 1, settings.steps, loss_value, cur, time.perf_counter() - start))
+    with torch.no_grad():
+        final = {k: v.detach() for k, v in params.items()}
+        pred = inr.forward_chunked(config, final, feats, fwd)
+        loss_value = fit_loss(pred, target, spectral, settings.l1_weight, settings.spectral_weight).item() / batch
+        window_snr = snr(pred, target)
+    return FitResult(final, loss_value, window_snr.cpu(), time.perf_counter() - start, settings.steps)

@@ -1,0 +1,184 @@
+"""Implicit neural representations: configs and batched functional forward passes.
+
+Every INR is a frozen config plus a dict of parameter tensors that all carry a leading
+batch axis ``B`` (one network per window and channel). ``forward(config, params, t)``
+evaluates all ``B`` networks on one shared time grid ``t`` in ``[-1, 1]``: windows are
+fitted on the same grid, so whatever depends only on ``t`` (the positional encoding and
+the first KAN layer's basis) is computed once, not ``B`` times, and during a fit it is
+computed once for all steps (see :func:`input_features`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import KanError
+from .kan import init_kan_layer, kan_features, kan_layer, kan_weight
+
+
+def positional_encoding(t: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """NeRF encoding ``[sin(2^0 π t), cos(2^0 π t), …, sin(2^{L-1} π t), cos(2^{L-1} π t)]``.
+
+    Args:
+        t: ``(N,)`` times in ``[-1, 1]``.
+    Returns:
+        ``(N, 2 L)``.
+    """
+    freqs = (2.0 ** torch.arange(n_freqs, dtype=t.dtype, device=t.device)) * math.pi
+    ang = t.unsqueeze(-1) * freqs
+    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-2)
+
+
+@dataclass(frozen=True)
+class KANConfig:
+    """The paper's KAN INR: positional encoding of length ``n_freqs`` then KAN layers.
+
+    Defaults are the paper's Table 1 model (L=10, hidden [48, 24, 12], G=10, k=2):
+    33,768 parameters.
+    """
+
+    n_freqs: int = 10
+    hidden: tuple[int, ...] = (48, 24, 12)
+    grid: int = 10
+    order: int = 2
+    grid_range: tuple[float, float] = (-1.0, 1.0)
+    arch: str = field(default="kan", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "grid_range", tuple(float(v) for v in self.grid_range))
+        if self.n_freqs < 1 or self.grid < 1 or not 1 <= self.order <= 5:
+            raise KanError(f"invalid KAN config: n_freqs={self.n_freqs} grid={self.grid} order={self.order} "
+                           "(need n_freqs >= 1, grid >= 1, 1 <= order <= 5)")
+        if not self.hidden or min(self.hidden) < 1:
+            raise KanError(f"invalid KAN hidden sizes {list(self.hidden)}: give one or more positive widths, e.g. 48,24,12")
+
+    @property
+    def dims(self) -> list[int]:
+        return [2 * self.n_freqs, *self.hidden, 1]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter shapes without the batch axis."""
+        out: dict[str, tuple[int, ...]] = {}
+        for i, (a, b) in enumerate(zip(self.dims[:-1], self.dims[1:])):
+            out[f"l{i}.base"] = (a, b)
+            out[f"l{i}.spline"] = (a, self.grid + self.order, b)
+            out[f"l{i}.scale"] = (a, b)
+        return out
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(s) for s in self.shapes().values())
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        d["grid_range"] = list(self.grid_range)
+        return d
+
+
+INR_CONFIGS = {"kan": KANConfig}
+
+
+def config_from_dict(d: dict) -> KANConfig:
+    """Rebuild a config saved by ``to_dict`` (the ``arch`` key picks the class)."""
+    d = dict(d)
+    arch = d.pop("arch", "kan")
+    if arch not in INR_CONFIGS:
+        raise KanError(f"unknown INR architecture {arch!r}; known: {', '.join(INR_CONFIGS)}")
+    try:
+        return INR_CONFIGS[arch](**d)
+    except TypeError as e:
+        raise KanError(f"bad {arch} config {json.dumps(d, sort_keys=True)}: {e}") from None
+
+
+def init_params(config: KANConfig, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random initial parameters for ``batch`` networks, reproducible from ``seed``.
+
+    Returns:
+        name -> ``(batch, *config.shapes()[name])`` float32 tensors on the CPU.
+    """
+    g = torch.Generator().manual_seed(seed)
+    params: dict[str, torch.Tensor] = {}
+    for i, (a, b) in enumerate(zip(config.dims[:-1], config.dims[1:])):
+        for name, value in init_kan_layer(batch, a, b, config.grid, config.order, generator=g).items():
+            params[f"l{i}.{name}"] = value
+    return params
+
+
+def input_features(config: KANConfig, t: torch.Tensor) -> torch.Tensor:
+    """What the first layer sees, shared by every network: ``(N,)`` times -> ``(N, F)`` features."""
+    lo, hi = config.grid_range
+    return kan_features(positional_encoding(t, config.n_freqs), config.grid, config.order, lo, hi)
+
+
+def forward_features(config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+    """Evaluate ``B`` networks from precomputed :func:`input_features`.
+
+    Args:
+        feats: ``(N, F)`` shared by all networks, or ``(B, N, F)``, one grid per network.
+    Returns:
+        ``(B, N)`` amplitudes.
+    """
+    lo, hi = config.grid_range
+    w0 = kan_weight(params["l0.base"], params["l0.spline"], params["l0.scale"])
+    x = torch.matmul(feats, w0)  # (N, F) @ (B, F, O) -> (B, N, O)
+    for i in range(1, len(config.dims) - 1):
+        x = kan_layer(x, params[f"l{i}.base"], params[f"l{i}.spline"], params[f"l{i}.scale"],
+                      config.grid, config.order, lo, hi)
+    return x.squeeze(-1)
+
+
+def forward_chunked(config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor,
+                    fn=forward_features, rows: int = 4096) -> torch.Tensor:
+    """:func:`forward_features` over slices of the time axis: ``(N, F)`` or ``(B, N, F)`` -> ``(B, N)``.
+
+    Why: the basis tensors of a hidden layer are ``B × N × I × (G + k)`` floats. Kept
+    under ~32 MB (``B × slice ≈ rows``), glibc serves them from its heap instead of fresh
+    zeroed pages, and the step runs 1.5-4x faster on CPU (measured; see ``bench``).
+    ``fn`` may be a compiled version of :func:`forward_features`.
+    """
+    batch = next(iter(params.values())).shape[0]
+    size = max(64, rows // batch)
+    if feats.shape[-2] <= size:
+        return fn(config, params, feats)
+    return torch.cat([fn(config, params, c) for c in feats.split(size, -2)], dim=-1)
+
+
+def forward(config: KANConfig, params: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    """Evaluate ``B`` networks at times ``t`` (``(N,)`` in ``[-1, 1]``) -> ``(B, N)``."""
+    return forward_chunked(config, params, input_features(config, t))
+
+
+def compact(config: KANConfig, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The parameters worth storing: the per-edge spline scale is folded into the spline
+    coefficients (``c * w_s``), which leaves the function unchanged and saves one value per
+    edge (7% of the default model). :func:`expand` undoes the split with unit scales."""
+    out = {}
+    for name, p in params.items():
+        if name.endswith(".scale"):
+            continue
+        if name.endswith(".spline"):
+            p = p * params[name[: -len("spline")] + "scale"].unsqueeze(2)
+        out[name] = p
+    return out
+
+
+def expand(config: KANConfig, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compact`: full parameter dict with unit spline scales."""
+    params = dict(stored)
+    for name in config.shapes():
+        if name.endswith(".scale"):
+            base = stored[name[: -len("scale")] + "base"]
+            params[name] = torch.ones_like(base)
+    return params
+
+
+def stored_shapes(config: KANConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes (without batch axis) of what :func:`compact` returns."""
+    return {n: s for n, s in config.shapes().items() if not n.endswith(".scale")}

@@ -1,0 +1,210 @@
+"""The ``.kan`` file format, version 1: the one place where it is defined.
+
+A ``.kan`` file is a safetensors file (a JSON header, then raw little-endian tensors; no
+pickle). Its metadata holds strings under the ``kancodec.`` prefix; nested values are
+JSON with sorted keys:
+
+=====================  ==========================================================
+``kancodec.format``    ``"kancodec-inr"``: the tag, also the magic a reader checks
+``kancodec.version``   format version (``"1"``), independent of the package version
+``kancodec.inr``       the INR config (``inr.KANConfig.to_dict()``)
+``kancodec.audio``     ``sample_rate`` (the input's), ``fit_sr``, ``channels``,
+                       ``frames`` (at ``sample_rate``), ``fit_frames``, ``chunk``,
+                       ``overlap``, ``windows`` (per channel)
+``kancodec.quant``     ``{"scheme": "affine-per-tensor", "bits": B}``
+``kancodec.encode``    how it was encoded: fit settings, preset, device, seconds, SNR
+``kancodec.sha256``    SHA-256 over every tensor (sorted by name: name, dtype, shape, bytes)
+=====================  ==========================================================
+
+Tensors, with ``B = channels × windows`` networks in channel-major order: ``gain``
+``(B,)`` float32 (each window's peak; 0 for a silent window), and for every stored INR
+parameter ``q.<name>``, ``lo.<name>``, ``step.<name>`` as written by ``quant.quantise``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from . import inr
+from .audio import atomic_path
+from .errors import FormatError, InputError, KanError
+from .quant import BITS_CHOICES, dequantise, packed_size
+
+TAG = "kancodec-inr"
+VERSION = 1
+PREFIX = "kancodec."
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Facts about the encoded audio needed to decode it."""
+
+    sample_rate: int
+    fit_sr: int
+    channels: int
+    frames: int
+    fit_frames: int
+    chunk: int
+    overlap: int
+    windows: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass
+class KanFile:
+    """An encoded clip: config, audio facts, quantised parameters and window gains."""
+
+    config: inr.KANConfig
+    audio: AudioInfo
+    bits: int
+    tensors: dict[str, np.ndarray]
+    encode: dict = field(default_factory=dict)
+
+    @property
+    def gains(self) -> np.ndarray:
+        return self.tensors["gain"]
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32."""
+        return inr.expand(self.config, dequantise(self.tensors, inr.stored_shapes(self.config), self.bits))
+
+    def metadata(self) -> dict[str, str]:
+        dumps = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+        return {
+            PREFIX + "format": TAG,
+            PREFIX + "version": str(VERSION),
+            PREFIX + "inr": dumps(self.config.to_dict()),
+            PREFIX + "audio": dumps(asdict(self.audio)),
+            PREFIX + "quant": dumps({"scheme": "affine-per-tensor", "bits": self.bits}),
+            PREFIX + "encode": dumps(self.encode),
+            PREFIX + "sha256": checksum(self.tensors),
+        }
+
+    def to_bytes(self) -> bytes:
+        return st_save({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, metadata=self.metadata())
+
+    def save(self, path: str | Path, force: bool = False) -> int:
+        """Write atomically (temporary file, then rename). Returns the file size in bytes."""
+        data = self.to_bytes()
+        with atomic_path(path, force) as tmp:
+            tmp.write_bytes(data)
+        return len(data)
+
+    def size_bytes(self) -> int:
+        return len(self.to_bytes())
+
+    def kbps(self) -> float:
+        """Whole-file bitrate: file size in bits over the audio's duration."""
+        return self.size_bytes() * 8 / self.audio.duration / 1000
+
+    def pcm_kbps(self) -> float:
+        """Bitrate of the same audio as 16-bit PCM at its input rate."""
+        return self.audio.sample_rate * self.audio.channels * 16 / 1000
+
+
+def checksum(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _json(meta: dict[str, str], key: str, where: str) -> dict:
+    if PREFIX + key not in meta:
+        raise FormatError(f"{where}: metadata {PREFIX + key!r} is missing; the file is damaged, re-encode it")
+    try:
+        value = json.loads(meta[PREFIX + key])
+    except json.JSONDecodeError:
+        raise FormatError(f"{where}: metadata {PREFIX + key!r} is not valid JSON; the file is damaged, re-encode it") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: metadata {PREFIX + key!r} is not an object; the file is damaged, re-encode it")
+    return value
+
+
+def from_bytes(data: bytes, where: str = "<bytes>") -> KanFile:
+    """Parse and validate a ``.kan`` file's bytes; every problem raises FormatError."""
+    if len(data) < 8:
+        raise FormatError(f"{where}: too short to be a .kan file ({len(data)} bytes); it is truncated or not a .kan file")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8 or header_len > 100_000_000:
+        raise FormatError(f"{where}: header runs past the end of the file; it is truncated or not a .kan file")
+    try:
+        header = json.loads(data[8:8 + header_len])
+        tensors = st_load(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, ValueError) as e:
+        raise FormatError(f"{where}: not a readable .kan file ({str(e).splitlines()[0][:80]}); "
+                          "it is truncated, damaged or of another format") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get(PREFIX + "format") != TAG:
+        raise FormatError(f"{where}: not a kancodec file (format tag {meta.get(PREFIX + 'format')!r}, "
+                          f"expected {TAG!r}); give a file written by 'kancodec encode'")
+    version = meta.get(PREFIX + "version")
+    if version != str(VERSION):
+        raise FormatError(f"{where}: .kan format version {version} is not supported (this kancodec reads version "
+                          f"{VERSION}); upgrade kancodec or re-encode the audio")
+    try:
+        config = inr.config_from_dict(_json(meta, "inr", where))
+        audio = AudioInfo(**_json(meta, "audio", where))
+        bits = int(_json(meta, "quant", where)["bits"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise FormatError(f"{where}: metadata does not describe a valid encoding ({e}); re-encode the audio") from None
+    except KanError as e:  # bad config values
+        raise FormatError(f"{where}: {e}") from None
+    if bits not in BITS_CHOICES:
+        raise FormatError(f"{where}: quantisation to {bits} bits is not supported; re-encode the audio")
+    if meta.get(PREFIX + "sha256") != checksum(tensors):
+        raise FormatError(f"{where}: checksum mismatch, the file was modified or damaged; re-encode the audio")
+    kf = KanFile(config, audio, bits, tensors, _json(meta, "encode", where))
+    _check_shapes(kf, where)
+    return kf
+
+
+def _check_shapes(kf: KanFile, where: str) -> None:
+    a = kf.audio
+    batch = a.channels * a.windows
+    expected: dict[str, tuple[tuple[int, ...], str]] = {"gain": ((batch,), "float32")}
+    for name, shape in inr.stored_shapes(kf.config).items():
+        n = int(np.prod(shape))
+        if kf.bits == 32:
+            expected[f"q.{name}"] = ((batch, n), "float32")
+        else:
+            expected[f"q.{name}"] = ((batch, packed_size(n, kf.bits)), "uint8")
+            expected[f"lo.{name}"] = ((batch,), "float32")
+            expected[f"step.{name}"] = ((batch,), "float32")
+    missing = sorted(set(expected) - set(kf.tensors))
+    if missing:
+        raise FormatError(f"{where}: tensors missing: {', '.join(missing[:4])}; the file is damaged, re-encode it")
+    for name, (shape, dtype) in expected.items():
+        t = kf.tensors[name]
+        if tuple(t.shape) != shape or t.dtype != np.dtype(dtype):
+            raise FormatError(f"{where}: tensor {name} is {t.dtype}{list(t.shape)}, the config needs {dtype}{list(shape)}; "
+                              "the file is damaged, re-encode it")
+    if a.windows < 1 or a.channels < 1 or a.frames < 1 or a.overlap >= a.chunk:
+        raise FormatError(f"{where}: impossible audio facts {asdict(a)}; the file is damaged, re-encode it")
+
+
+def load(path: str | Path) -> KanFile:
+    """Read a ``.kan`` file; InputError if it is missing, FormatError if it is not valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; check the path")
+    return from_bytes(path.read_bytes(), str(path))
+
+
+def file_size(path: str | Path) -> int:
+    return os.path.getsize(path)
