@@ -23,7 +23,7 @@ from . import __version__, inr
 from ._alloc import tune_allocator
 from .audio import crossfade_weights, read_audio, resample, split_windows
 from .errors import DeviceError, InputError, KanError
-from .fit import FitProgress, FitSettings, fit, preset, time_grid
+from .fit import FitProgress, FitSettings, fit, preset, preset_name as resolve_preset, time_grid
 from .kanfile import AudioInfo, KanFile, load
 from .loss import si_snr, snr
 from .quant import check_bits, quantise
@@ -159,7 +159,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     audio = AudioInfo(sample_rate=int(sr), fit_sr=fit_sr, channels=channels, frames=frames,
                       fit_frames=xf.shape[1], chunk=chunk, overlap=overlap, windows=n_win)
     kf = KanFile(config, audio, bits, tensors, {
-        "kancodec": __version__, "preset": preset_name, "settings": asdict(settings), "device": str(dev),
+        "kancodec": __version__, "preset": resolve_preset(preset_name, dev), "settings": asdict(settings), "device": str(dev),
         "compile": use_compile, "seconds": round(seconds, 3),
     })
     # Quality actually reached, measured on the quantised file at the fitted rate.

@@ -100,13 +100,7 @@ def crossfade_weights(pos: np.ndarray, chunk: int, overlap: int, first: bool, la
     return w
 
 
-@contextmanager
-def atomic_path(dest: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
-
-    Raises OutputError if ``dest`` exists and ``force`` is false, or its folder is not writable.
-    """
-    dest = Path(dest)
+def _open_temp(dest: Path, force: bool) -> tuple[int, str]:
     if dest.exists() and not force:
         raise OutputError(f"{dest}: already exists; pass --force to overwrite or choose another -o")
     if dest.is_dir():
@@ -115,11 +109,31 @@ def atomic_path(dest: str | Path, force: bool = False) -> Iterator[Path]:
     if not folder.is_dir():
         raise OutputError(f"{folder}: no such directory; create it or choose another -o")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=folder)
+        return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=folder)
     except OSError as e:
         raise OutputError(f"{folder}: cannot write here ({e.strerror}); choose another -o") from None
+
+
+def check_writable(dest: str | Path, force: bool = False) -> None:
+    """Raise OutputError now, before long work, if ``dest`` could not be written later."""
+    fd, tmp = _open_temp(Path(dest), force)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+@contextmanager
+def atomic_path(dest: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
+
+    Raises OutputError if ``dest`` exists and ``force`` is false, or its folder is not writable.
+    """
+    dest = Path(dest)
+    fd, tmp = _open_temp(dest, force)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, dest)

@@ -63,7 +63,7 @@ def run_speed(device: str = "auto", steps: int = 20, batches: list[int] | None =
     table = Table(title=f"kancodec bench speed: paper KAN ({cfg.n_params:,} params), {N}-sample windows at {SR} Hz, "
                         f"{dev} ({torch.get_num_threads()} threads)")
     for col in ("windows", "compiled", "warm-up s", "fit step s", "s / window-step", "window-steps/s",
-                "decode s / window", "decode x real time"):
+                "decode s / window", "decode samples/s", "decode x real time"):
         table.add_column(col, justify="right")
     for batch in batches or [1]:
         for compiled in modes or [False, True]:
@@ -73,6 +73,6 @@ def run_speed(device: str = "auto", steps: int = 20, batches: list[int] | None =
                    "window_step_s": step / batch, "decode_s_per_window": dec, "decode_x_realtime": N / SR / dec}
             rows.append(row)
             table.add_row(str(batch), "yes" if compiled else "no", f"{warm:.1f}", f"{step:.3f}", f"{step / batch:.3f}",
-                          f"{batch / step:.1f}", f"{dec:.3f}", f"{row['decode_x_realtime']:.1f}")
+                          f"{batch / step:.1f}", f"{dec:.3f}", f"{N / dec:,.0f}", f"{row['decode_x_realtime']:.1f}")
     console.print(table)
     return rows

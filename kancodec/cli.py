@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__, api
-from .audio import check_output_format, write_audio
+from .audio import check_output_format, check_writable, write_audio
 from .errors import DeviceError, FormatError, InputError, KanError, OutputError
 from .fit import PRESETS
 from .inr import KANConfig
@@ -147,8 +147,7 @@ def encode(
     console = Console(stderr=True, quiet=quiet)
     with _errors():
         out = output or input.with_suffix(".kan")
-        if out.exists() and not force:
-            raise OutputError(f"{out}: already exists; pass --force to overwrite or choose another -o")
+        check_writable(out, force)
         if compile not in ("auto", "yes", "no"):
             raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
         if preset not in ("auto", *PRESETS):
@@ -179,8 +178,7 @@ def decode(
     with _errors():
         out = output or input.with_suffix(".wav")
         check_output_format(out)
-        if out.exists() and not force:
-            raise OutputError(f"{out}: already exists; pass --force to overwrite or choose another -o")
+        check_writable(out, force)
         y, rate = api.decode(input, sr=sr, device=device)
         write_audio(out, y, rate, force=force)
         console.print(f"wrote {out}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz")
@@ -220,6 +218,9 @@ def demo(
     """Encode, decode and score a bundled 3 s real speech clip (tuxpaint-stamps, GPL-2)."""
     console = Console(stderr=True, quiet=quiet)
     with _errors():
+        if output:
+            check_output_format(output)
+            check_writable(output, force)
         clip = resources.files("kancodec") / "data" / "demo_speech.flac"
         with resources.as_file(clip) as path, tempfile.TemporaryDirectory() as tmp:
             console.print(f"demo clip: {path.name} (French speech from Debian's tuxpaint-stamps-default, GPL-2)")
@@ -250,10 +251,18 @@ def bench(
     with _errors():
         if what != "speed":
             raise KanError(f"bench {what!r}: choose one of: speed")
+        modes = {"both": [False, True], "yes": [True], "no": [False]}
+        if compile not in modes:
+            raise KanError(f"--compile {compile!r}: choose one of: {', '.join(modes)}")
+        try:
+            batches = [int(v) for v in windows.split(",") if v.strip()]
+        except ValueError:
+            batches = []
+        if not batches or min(batches) < 1:
+            raise KanError(f"--windows {windows!r}: give comma-separated positive batch sizes, e.g. 1,8,64")
         from .bench import run_speed
 
-        run_speed(device=device, steps=steps, batches=[int(v) for v in windows.split(",")],
-                  modes={"both": [False, True], "yes": [True], "no": [False]}[compile], console=Console())
+        run_speed(device=device, steps=steps, batches=batches, modes=modes[compile], console=Console())
 
 
 def _version(value: bool) -> None:

@@ -6,6 +6,7 @@ import torch
 
 import kancodec
 from kancodec.audio import crossfade_weights, n_windows, split_windows
+from kancodec.inr import KANConfig
 from kancodec.loss import si_snr
 from conftest import TINY_ENCODE, has_cuda
 
@@ -39,8 +40,8 @@ def test_speech_roundtrip_reaches_a_measured_si_snr_floor(speech_wav):
     x, _ = kancodec.audio.read_audio(speech_wav)
     assert y.shape == x.shape and sr == 8000
     got = si_snr(torch.from_numpy(y), torch.from_numpy(x)).item()
-    # measured 0.0 dB on this machine (see CHANGELOG); the floor keeps a 3 dB margin
-    assert got > -3.0, got
+    # measured 9.6 dB (seeds 1, 2: 9.8, 9.2 dB) on the 2-core CPU; the floor keeps a 3 dB margin
+    assert got > 6.0, got
     assert abs(kf.encode["si_snr_db"] - got) < 0.5
 
 
@@ -59,8 +60,8 @@ def test_stereo_keeps_channels_apart():
     y, _ = kancodec.decode(kf)
     assert y.shape == (2, 4000)
     assert np.abs(y[0]).max() > 2 * np.abs(y[1]).max()  # the louder channel stays the louder one
-    for c in range(2):
-        assert si_snr(torch.from_numpy(y[c]), torch.from_numpy(x[c])).item() > 5.0
+    for c in range(2):  # measured 16.6 and 16.8 dB
+        assert si_snr(torch.from_numpy(y[c]), torch.from_numpy(x[c])).item() > 10.0
 
 
 def test_same_seed_same_file():
@@ -85,13 +86,17 @@ def test_downsampled_decode_does_not_alias():
     sr = 8000
     t = np.arange(6000) / sr
     x = (0.4 * np.sin(2 * np.pi * 300 * t) + 0.4 * np.sin(2 * np.pi * 3500 * t)).astype(np.float32)
-    kf = kancodec.encode(x, sr=sr, **{**TINY_ENCODE, "steps": 200, "bits": 16})
+    # the tiny model needs a longer positional encoding to reach 3.5 kHz in a 2048-sample window
+    config = KANConfig(n_freqs=11, hidden=(12, 8), grid=5, order=2)
+    kf = kancodec.encode(x, sr=sr, **{**TINY_ENCODE, "config": config, "steps": 100, "bits": 16})
     full, _ = kancodec.decode(kf)
-    assert band_energy(full[0], sr, 3400, 3600) > 0.1 * band_energy(full[0], sr, 250, 350)  # the tone was fitted
+    # the tone was fitted: measured 1.07x the 300 Hz energy
+    assert band_energy(full[0], sr, 3400, 3600) > 0.5 * band_energy(full[0], sr, 250, 350)
     half, _ = kancodec.decode(kf, sr=4000)
     alias = band_energy(half[0], 4000, 450, 550)
     keep = band_energy(half[0], 4000, 250, 350)
-    assert alias < 1e-3 * keep
+    # plain decimation would fold the tone onto 500 Hz at ~1x; measured 4e-4 to 1.4e-3 (fit error)
+    assert alias < 0.02 * keep
 
 
 def test_upsampled_decode_keeps_the_signal_and_adds_little_above_the_old_nyquist():
@@ -101,8 +106,9 @@ def test_upsampled_decode_keeps_the_signal_and_adds_little_above_the_old_nyquist
     kf = kancodec.encode(x, sr=sr, **{**TINY_ENCODE, "steps": 150, "bits": 16})
     up, _ = kancodec.decode(kf, sr=16000)
     ref = (0.5 * np.sin(2 * np.pi * 300 * np.arange(12000) / 16000)).astype(np.float32)
-    assert si_snr(torch.from_numpy(up[0]), torch.from_numpy(ref)).item() > 10.0
-    assert band_energy(up[0], 16000, 4000, 8000) < 0.01 * band_energy(up[0], 16000, 0, 4000)
+    assert si_snr(torch.from_numpy(up[0]), torch.from_numpy(ref)).item() > 10.0  # measured 15.5 dB
+    # measured 4e-7: the networks are smooth between the fitted samples
+    assert band_energy(up[0], 16000, 4000, 8000) < 1e-3 * band_energy(up[0], 16000, 0, 4000)
 
 
 @pytest.mark.gpu
