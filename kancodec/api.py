@@ -185,9 +185,10 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
     shared = float(hop * ratio).is_integer()
     fn = inr.forward_features
     if _want_compile(compile, a.windows * a.channels * span / 32768 * 0.05):
-        fn = torch.compile(inr.forward_features, dynamic=False)
+        fn = inr.forward_fn(True)
     gains = kf.gains.reshape(a.channels, a.windows)
     per_batch = max(1, int(4 * 32768 / span / a.channels)) if dev.type == "cpu" else 64
+    shared_feats = None
     for w0 in range(0, a.windows, per_batch):
         ws = np.arange(w0, min(a.windows, w0 + per_batch))
         m = first_m[ws, None] + np.arange(span)[None, :]  # (w, span) output sample indices
@@ -197,7 +198,9 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
         p = {k: v[rows].to(dev) for k, v in params.items()}
         with torch.inference_mode():
             if shared:  # every window sees the same local grid: features computed once
-                feats = inr.input_features(config, t[0])
+                if shared_feats is None:
+                    shared_feats = inr.input_features(config, t[0])
+                feats = shared_feats
             else:  # (rows, span, F): row i is window ws[i % len(ws)] of channel i // len(ws)
                 feats = inr.input_features(config, t)[torch.arange(len(rows)) % len(ws)]
             y = inr.forward_chunked(config, p, feats, fn)

@@ -8,6 +8,7 @@ line and mapped to an exit code: 2 bad option value, 3 bad input, 4 bad ``.kan``
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import resources
@@ -125,7 +126,7 @@ def _summary(kf: KanFile, size: int, path: Path | None = None) -> Table:
 def encode(
     input: Path = typer.Argument(..., help="Audio file to encode (WAV, FLAC or OGG; any rate 8-192 kHz)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .kan file to write (default: INPUT with .kan)."),
-    preset: str = typer.Option("auto", "--preset", "-p", help="auto (standard on CUDA, fast on CPU), fast (300 steps), "
+    preset: str = typer.Option("auto", "--preset", "-p", help="auto (standard on CUDA, fast on CPU), fast (200 steps), "
                                "standard (2000), paper (10000, the paper's loss weights). Time grows with steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (overrides the preset). More steps: better quality, linear time."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset; 5e-3 to 2e-2 work)."),
@@ -210,7 +211,7 @@ def info(
 
 @app.command()
 def demo(
-    steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (default: the fast preset's 300)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (default: the fast preset's 200)."),
     bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also keep the decoded WAV here."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
@@ -262,7 +263,8 @@ def bench(
             raise KanError(f"--windows {windows!r}: give comma-separated positive batch sizes, e.g. 1,8,64")
         from .bench import run_speed
 
-        run_speed(device=device, steps=steps, batches=batches, modes=modes[compile], console=Console())
+        run_speed(device=device, steps=steps, batches=batches, modes=modes[compile],
+                  console=Console() if sys.stdout.isatty() else Console(width=160))
 
 
 def _version(value: bool) -> None:

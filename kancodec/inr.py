@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -132,6 +133,34 @@ def forward_features(config: KANConfig, params: dict[str, torch.Tensor], feats: 
         x = kan_layer(x, params[f"l{i}.base"], params[f"l{i}.spline"], params[f"l{i}.scale"],
                       config.grid, config.order, lo, hi)
     return x.squeeze(-1)
+
+
+class _Compiled:
+    """:func:`forward_features` through ``torch.compile``, falling back to eager for good if
+    compiling fails (no C compiler, an unsupported platform): slower, never broken."""
+
+    def __init__(self) -> None:
+        cfg = torch._dynamo.config
+        # Every batch size and time-slice length is a new static shape; the default limit
+        # of 8 graphs would silently drop a long encode (fit, then decode) back to eager.
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 256))
+        self.fn = torch.compile(forward_features, dynamic=False)
+
+    def __call__(self, config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+        if self.fn is not forward_features:
+            try:
+                return self.fn(config, params, feats)
+            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
+                warnings.warn(f"torch.compile failed ({type(e).__name__}); running uncompiled, about 3x slower")
+                self.fn = forward_features
+        return forward_features(config, params, feats)
+
+
+def forward_fn(use_compile: bool):
+    """:func:`forward_features`, compiled when ``use_compile`` (10-30 s once per shape on CPU)."""
+    return _Compiled() if use_compile else forward_features
 
 
 def forward_chunked(config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor,

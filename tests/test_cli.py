@@ -38,11 +38,21 @@ def leftovers(folder):
     return [p.name for p in folder.iterdir() if p.name.startswith(".") or ".part" in p.name]
 
 
-@pytest.fixture()
-def kan(tmp_path, tone_wav):
-    out = tmp_path / "tone.kan"
-    res = cli("encode", tone_wav, "-o", out, "--quiet", *TINY_ARGS)
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """One tiny encode of 0.5 s of a 440 Hz tone at 8 kHz, shared by the tests of this module."""
+    folder = tmp_path_factory.mktemp("encoded")
+    wav, out = folder / "tone.wav", folder / "tone.kan"
+    sf.write(wav, 0.5 * np.sin(2 * np.pi * 440 * np.arange(4000) / 8000), 8000)
+    res = cli("encode", wav, "-o", out, "--quiet", *TINY_ARGS)
     assert res.exit_code == 0, res.output
+    return out.read_bytes()
+
+
+@pytest.fixture()
+def kan(tmp_path, encoded):
+    out = tmp_path / "tone.kan"
+    out.write_bytes(encoded)
     return out
 
 
