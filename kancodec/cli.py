@@ -99,7 +99,7 @@ def _parse_hidden(hidden: str) -> tuple[int, ...]:
         raise KanError(f"--hidden {hidden!r}: give comma-separated widths, e.g. 48,24,12") from None
 
 
-def _summary(kf: KanFile, size: int, path: Path | None = None) -> Table:
+def _summary(kf: KanFile, size: int, path: Path | str | None = None) -> Table:
     a = kf.audio
     t = Table(show_header=False, box=None)
     rows = [
@@ -235,7 +235,7 @@ def demo(
             y, rate = api.decode(kan_path, device=device)
             if output:
                 write_audio(output, y, rate, force=force)
-            console.print(_summary(kf, size, kan_path))
+            console.print(_summary(kf, size, "(temporary, not kept)"))
             if output:
                 console.print(f"decoded audio: {output}")
 

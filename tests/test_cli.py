@@ -209,3 +209,18 @@ def test_python_dash_m_help_teaches():
     res = subprocess.run([sys.executable, "-m", "kancodec", "encode", "--help"], capture_output=True, text=True, timeout=120)
     for opt in ("--output", "--force", "--steps", "--bits", "--device", "--quiet", "--preset"):
         assert opt in res.stdout
+
+
+def test_ogg_and_stereo_flac_in(tmp_path):
+    sr = 16000
+    t = np.arange(sr // 4) / sr
+    ogg = tmp_path / "a.ogg"
+    sf.write(ogg, 0.5 * np.sin(2 * np.pi * 220 * t), sr, format="OGG", subtype="VORBIS")
+    assert cli("encode", ogg, "-o", tmp_path / "a.kan", "-q", *TINY_ARGS).exit_code == 0
+    flac = tmp_path / "b.flac"
+    sf.write(flac, np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1) * 0.3, sr)
+    assert cli("encode", flac, "-o", tmp_path / "b.kan", "-q", *TINY_ARGS).exit_code == 0
+    doc = json.loads(cli("info", tmp_path / "b.kan", "--json").stdout)
+    assert doc["audio"]["channels"] == 2 and doc["audio"]["sample_rate"] == sr
+    assert cli("decode", tmp_path / "b.kan", "-o", tmp_path / "b.wav", "-q").exit_code == 0
+    assert sf.info(tmp_path / "b.wav").channels == 2 and sf.info(tmp_path / "b.wav").frames == len(t)

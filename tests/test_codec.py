@@ -118,3 +118,30 @@ def test_cuda_encode_matches_cpu_quality(speech_wav):
     cpu = kancodec.encode(speech_wav, **kw)
     gpu = kancodec.encode(speech_wav, **{**kw, "device": "cuda"})
     assert abs(cpu.encode["si_snr_db"] - gpu.encode["si_snr_db"]) < 1.5
+
+
+def test_fit_sr_fits_fewer_windows_and_decodes_at_the_input_rate():
+    sr = 16000
+    x = (0.5 * np.sin(2 * np.pi * 300 * np.arange(8000) / sr)).astype(np.float32)
+    full = kancodec.encode(x, sr=sr, **{**TINY_ENCODE, "steps": 1})
+    half = kancodec.encode(x, sr=sr, fit_sr=8000, **{**TINY_ENCODE, "steps": 100})
+    assert half.audio.fit_sr == 8000 and half.audio.windows < full.audio.windows
+    assert half.size_bytes() < full.size_bytes()
+    y, out_sr = kancodec.decode(half)
+    assert out_sr == sr and y.shape == (1, 8000)
+    assert si_snr(torch.from_numpy(y[0]), torch.from_numpy(x)).item() > 10.0  # measured 16.6 dB
+
+
+def test_failed_compile_falls_back_to_eager(monkeypatch):
+    from kancodec import inr
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    fn = inr.forward_fn(True)
+    monkeypatch.setattr(fn, "fn", broken)
+    params = inr.init_params(TINY_ENCODE["config"], 2)
+    feats = inr.input_features(TINY_ENCODE["config"], torch.linspace(-1, 1, 100))
+    with pytest.warns(UserWarning, match="running uncompiled"):
+        y = fn(TINY_ENCODE["config"], params, feats)
+    assert torch.equal(y, inr.forward_features(TINY_ENCODE["config"], params, feats))
