@@ -11,14 +11,17 @@ JSON with sorted keys:
 ``kancodec.audio``     ``sample_rate`` (the input's), ``fit_sr``, ``channels``,
                        ``frames`` (at ``sample_rate``), ``fit_frames``, ``chunk``,
                        ``overlap``, ``windows`` (per channel)
-``kancodec.quant``     ``{"scheme": "affine-per-tensor", "bits": B}``
+``kancodec.quant``     ``{"scheme": "affine-per-row", "bits": B}``
 ``kancodec.encode``    how it was encoded: fit settings, preset, device, seconds, SNR
 ``kancodec.sha256``    SHA-256 over every tensor (sorted by name: name, dtype, shape, bytes)
 =====================  ==========================================================
 
 Tensors, with ``B = channels × windows`` networks in channel-major order: ``gain``
 ``(B,)`` float32 (each window's peak; 0 for a silent window), and for every stored INR
-parameter ``q.<name>``, ``lo.<name>``, ``step.<name>`` as written by ``quant.quantise``.
+parameter ``q.<name>`` (``B`` rows of bit-packed integers, little-endian bit order, or
+float32 at 32 bits) with ``lo.<name>`` and ``step.<name>`` ``(B, R)`` float32, one affine
+step per network and row ``R`` (the parameter's first axis, a layer input):
+value = lo + q × step (see ``quant.quantise``).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class KanFile:
             PREFIX + "version": str(VERSION),
             PREFIX + "inr": dumps(self.config.to_dict()),
             PREFIX + "audio": dumps(asdict(self.audio)),
-            PREFIX + "quant": dumps({"scheme": "affine-per-tensor", "bits": self.bits}),
+            PREFIX + "quant": dumps({"scheme": "affine-per-row", "bits": self.bits}),
             PREFIX + "encode": dumps(self.encode),
             PREFIX + "sha256": checksum(self.tensors),
         }
@@ -184,8 +187,8 @@ def _check_shapes(kf: KanFile, where: str) -> None:
             expected[f"q.{name}"] = ((batch, n), "float32")
         else:
             expected[f"q.{name}"] = ((batch, packed_size(n, kf.bits)), "uint8")
-            expected[f"lo.{name}"] = ((batch,), "float32")
-            expected[f"step.{name}"] = ((batch,), "float32")
+            expected[f"lo.{name}"] = ((batch, shape[0]), "float32")
+            expected[f"step.{name}"] = ((batch, shape[0]), "float32")
     missing = sorted(set(expected) - set(kf.tensors))
     if missing:
         raise FormatError(f"{where}: tensors missing: {', '.join(missing[:4])}; the file is damaged, re-encode it")

@@ -18,14 +18,23 @@ def test_pack_unpack_roundtrip(bits):
 @pytest.mark.parametrize("bits", [4, 6, 8, 16])
 def test_quantisation_error_is_at_most_half_a_step(bits):
     g = torch.Generator().manual_seed(0)
-    params = {"a": torch.randn(4, 7, 5, generator=g), "b": torch.rand(4, 9, generator=g) * 10 - 3}
+    params = {"a": torch.randn(4, 7, 5, generator=g), "b": torch.rand(4, 3, 9, generator=g) * 10 - 3}
     stored = quantise(params, bits)
-    back = dequantise(stored, {"a": (7, 5), "b": (9,)}, bits)
+    back = dequantise(stored, {"a": (7, 5), "b": (3, 9)}, bits)
     for name, p in params.items():
-        step = torch.from_numpy(stored[f"step.{name}"]).reshape(-1, *[1] * (p.dim() - 1))
+        assert stored[f"step.{name}"].shape == p.shape[:2]  # one step per network and row
+        step = torch.from_numpy(stored[f"step.{name}"]).unsqueeze(-1)
         assert ((back[name] - p).abs() <= step * 0.5 + 1e-6).all()
     # fewer bits, coarser steps: the error grows as the bits shrink
     assert stored["step.b"].max() <= 10 / (2**bits - 1) * 1.0001
+
+
+def test_rows_of_different_scale_keep_their_own_precision():
+    small = torch.linspace(-0.01, 0.01, 16)
+    params = {"w": torch.stack([small, small * 100]).unsqueeze(0)}  # (1 network, 2 rows, 16)
+    back = dequantise(quantise(params, 4), {"w": (2, 16)}, 4)["w"]
+    err = (back - params["w"]).abs().amax(-1)[0]
+    assert err[0] <= 0.02 / 15 / 2 + 1e-7  # the small row's step is set by its own range
 
 
 def test_32_bits_is_lossless_and_constant_tensor_survives():
