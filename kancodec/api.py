@@ -1,4 +1,4 @@
-"""The library API: ``encode``, ``decode``, ``load``, ``save``.
+"""The library API: ``encode``, ``decode``, ``evaluate``, ``load``, ``save``.
 
 The CLI is a thin layer over these functions; Python users call them directly::
 
@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; Python users call them directly::
     kan = kancodec.encode("speech.wav", preset="fast")
     kancodec.save(kan, "speech.kan")
     audio, sr = kancodec.decode("speech.kan", sr=44100)   # (channels, frames) float32
+    scores = kancodec.evaluate("speech.wav", "speech.kan")  # metrics, per channel and mean
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _want_compile(compile: bool | str, work: float, pays_from: float = 200) -> b
 
 def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_name: str = "auto",
            steps: int | None = None, lr: float | None = None, bits: int = 8,
-           config: inr.KANConfig | None = None, fit_sr: int | None = None, chunk: int = 32768,
+           config: inr.INR | None = None, fit_sr: int | None = None, chunk: int = 32768,
            overlap: int = 1024, seed: int = 0, device: str | torch.device | None = None,
            compile: bool | str = "auto", batch: int | None = None,
            progress: Callable[[Event], None] | None = None) -> KanFile:
@@ -119,7 +120,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     fit_sr = int(fit_sr or sr)
     if not 1000 <= fit_sr <= 192000:
         raise KanError(f"--fit-sr {fit_sr}: must be between 1000 and 192000 Hz")
-    settings = preset(preset_name, dev)
+    settings = preset(preset_name, dev, config)
     settings = replace(settings, seed=seed, **({"steps": steps} if steps is not None else {}),
                        **({"lr": lr} if lr is not None else {}))
     if settings.steps < 0:
@@ -250,9 +251,62 @@ def decode(kan: KanFile | str | Path, sr: int | None = None, *, device: str | to
     return y, sr
 
 
+def evaluate(ref: str | Path | np.ndarray, out: str | Path | np.ndarray | KanFile, sr: int | None = None,
+             out_sr: int | None = None, *, metrics: tuple[str, ...] | None = None,
+             device: str | torch.device | None = None) -> dict:
+    """Score ``out`` against the reference ``ref`` with :mod:`kancodec.metrics`.
+
+    Args:
+        ref: an audio path, or a ``(C, n)``/``(n,)`` array at ``sr``.
+        out: an audio path, a ``.kan`` path or :class:`KanFile` (decoded at the reference's
+            rate), or an array at ``out_sr`` (default ``sr``).
+        metrics: names from ``metrics.CORE + metrics.OPTIONAL`` (default: the core set).
+    Returns:
+        :func:`metrics.evaluate`'s dict plus ``"ref"``/``"out"`` names and, for a ``.kan``
+        input, ``"kan": {"bytes", "kbps", "pcm16_kbps", "ratio_to_pcm16", "bits", "arch"}``.
+    """
+    from . import metrics as m
+    from .kanfile import file_size
+
+    chosen = tuple(metrics or m.CORE)
+    unknown = [name for name in chosen if name not in m.CORE + m.OPTIONAL]
+    if unknown:
+        raise KanError(f"unknown metric(s) {', '.join(unknown)}; choose from: {', '.join(m.CORE + m.OPTIONAL)}")
+
+    def as_array(x, rate, what):
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        if rate is None:
+            raise InputError(f"evaluate: the {what} array needs its sample rate")
+        if x.size == 0 or not np.isfinite(x).all():
+            raise InputError(f"evaluate: the {what} array is empty or holds NaN/infinite samples")
+        return x, int(rate)
+
+    if isinstance(ref, (str, Path)):
+        x, rate = read_audio(ref)
+    else:
+        x, rate = as_array(ref, sr, "reference")
+    extra = {}
+    if isinstance(out, (str, Path)) and Path(out).suffix.lower() == ".kan" or isinstance(out, KanFile):
+        kf = load(out) if not isinstance(out, KanFile) else out
+        size = file_size(out) if not isinstance(out, KanFile) else len(kf.to_bytes())
+        kbps = size * 8 / kf.audio.duration / 1000
+        extra["kan"] = {"bytes": size, "kbps": kbps, "pcm16_kbps": kf.pcm_kbps(), "ratio_to_pcm16": kf.pcm_kbps() / kbps,
+                        "bits": kf.bits, "arch": kf.config.arch}
+        y, out_rate = decode(kf, sr=rate, device=device)
+    elif isinstance(out, (str, Path)):
+        y, out_rate = read_audio(out)
+    else:
+        y, out_rate = as_array(out, out_sr or rate, "output")
+    result = m.evaluate(x, y, rate, out_rate, chosen)
+    result["ref"] = str(ref) if isinstance(ref, (str, Path)) else "array"
+    result["out"] = str(out) if isinstance(out, (str, Path)) else type(out).__name__
+    result.update(extra)
+    return result
+
+
 def save(kan: KanFile, path: str | Path, force: bool = False) -> int:
     """Write a ``.kan`` file atomically; returns its size in bytes."""
     return kan.save(path, force)
 
 
-__all__ = ["encode", "decode", "load", "save", "resolve_device", "Event", "FitSettings", "time_grid"]
+__all__ = ["encode", "decode", "evaluate", "load", "save", "resolve_device", "Event", "FitSettings", "time_grid"]

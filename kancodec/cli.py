@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -24,7 +25,7 @@ from . import __version__, api
 from .audio import check_output_format, check_writable, write_audio
 from .errors import DeviceError, FormatError, InputError, KanError, OutputError
 from .fit import PRESETS
-from .inr import KANConfig
+from .inr import ARCHS, make_config
 from .kanfile import KanFile
 
 EXIT_CODES = {InputError: 3, FormatError: 4, OutputError: 5, DeviceError: 6, KanError: 2}
@@ -42,7 +43,7 @@ DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available, else 
 
 def _fail(e: KanError) -> None:
     code = next(c for t, c in EXIT_CODES.items() if isinstance(e, t))
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -105,8 +106,7 @@ def _summary(kf: KanFile, size: int, path: Path | str | None = None) -> Table:
     rows = [
         ("file", str(path) if path else "-"),
         ("audio", f"{a.duration:.2f} s, {a.channels} ch, {a.sample_rate} Hz (fitted at {a.fit_sr} Hz)"),
-        ("model", f"KAN L={kf.config.n_freqs} hidden={list(kf.config.hidden)} G={kf.config.grid} k={kf.config.order}, "
-                  f"{kf.config.n_params:,} params x {a.channels * a.windows} windows"),
+        ("model", f"{kf.config.describe()}, {kf.config.n_params:,} params x {a.channels * a.windows} windows"),
         ("size", f"{size:,} bytes at {kf.bits} bits: {size * 8 / a.duration / 1000:.1f} kbps "
                  f"({kf.pcm_kbps() / (size * 8 / a.duration / 1000):.2f}x smaller than 16-bit PCM at {kf.pcm_kbps():.0f} kbps)"),
     ]
@@ -129,22 +129,28 @@ def encode(
     preset: str = typer.Option("auto", "--preset", "-p", help="auto (standard on CUDA, fast on CPU), fast (200 steps), "
                                "standard (2000), paper (10000, the paper's loss weights). Time grows with steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (overrides the preset). More steps: better quality, linear time."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset; 5e-3 to 2e-2 work)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset's; kan 5e-2, "
+                                       "siren/finer 1e-4, nerf/rff/wire 1e-3 by default)."),
     bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight: 16, 12, 10, 8, 6, 4 (also 2-7, 32 = float). "
                              "Fewer bits: smaller file, more quantisation noise."),
     fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate (default: the input's). Lower = fewer windows "
                                          "and bits, less bandwidth."),
     chunk: int = typer.Option(32768, "--chunk", help="Window length in samples at the fitting rate."),
     overlap: int = typer.Option(1024, "--overlap", help="Cross-fade between windows, in samples."),
-    n_freqs: int = typer.Option(10, "--n-freqs", help="Positional encoding length L (2L inputs)."),
-    hidden: str = typer.Option("48,24,12", "--hidden", help="Hidden layer widths, comma-separated."),
-    grid: int = typer.Option(10, "--grid", help="B-spline grid intervals G."),
-    order: int = typer.Option(2, "--order", help="B-spline order k (1-5)."),
+    arch: str = typer.Option("kan", "--arch", help="The network family: kan (the paper's KAN, 33,768 params per "
+                             "window) or a baseline from the paper: nerf (~33k), siren (~31k), rff (~39k), "
+                             "wire (~31k), finer (~31k). All decode and eval the same way."),
+    n_freqs: Optional[int] = typer.Option(None, "--n-freqs", help="Positional encoding length L, 2L inputs "
+                                          "(kan: 10, nerf: 14). More: finer detail, more params."),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden layer widths, comma-separated "
+                                         "(kan: 48,24,12). Wider: better quality, more bits and time."),
+    grid: Optional[int] = typer.Option(None, "--grid", help="kan only: B-spline grid intervals G (default 10)."),
+    order: Optional[int] = typer.Option(None, "--order", help="kan only: B-spline order k, 1-5 (default 2)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed and settings give the same file."),
     compile: str = typer.Option("auto", "--compile", help="auto, yes or no: torch.compile the model (10-30 s once, then ~3x faster steps)."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
-    """Fit KAN networks to an audio file and write a .kan file."""
+    """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file."""
     console = Console(stderr=True, quiet=quiet)
     with _errors():
         out = output or input.with_suffix(".kan")
@@ -153,7 +159,8 @@ def encode(
             raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
         if preset not in ("auto", *PRESETS):
             raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
-        config = KANConfig(n_freqs=n_freqs, hidden=_parse_hidden(hidden), grid=grid, order=order)
+        config = make_config(arch, n_freqs=n_freqs, hidden=_parse_hidden(hidden) if hidden else None,
+                             grid=grid, order=order)
         rep = _Reporter(console, quiet)
         try:
             kf = api.encode(input, preset_name=preset, steps=steps, lr=lr, bits=bits, config=config, fit_sr=fit_sr,
@@ -209,6 +216,109 @@ def info(
             Console().print(_summary(kf, size, input))
 
 
+_METRIC_LABELS = {"mse": "MSE", "psnr": "PSNR (dB)", "snr": "SNR (dB)", "si_snr": "SI-SNR (dB)", "lsd": "LSD",
+                  "pesq": "PESQ", "stoi": "STOI", "wasserstein": "spectral Wasserstein", "visqol": "ViSQOL MOS-LQO",
+                  "cdpam": "CDPAM"}
+
+
+def _fmt(value) -> str:
+    from .metrics import NotAvailable
+
+    if isinstance(value, NotAvailable):
+        return f"n/a ({value})"
+    if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3):
+        return f"{value:.3e}"
+    return f"{value:.3f}"
+
+
+def _json_value(value):
+    from .metrics import NotAvailable
+
+    if isinstance(value, NotAvailable):
+        return {"n/a": str(value)}
+    return value if value == value and abs(value) != float("inf") else str(value)
+
+
+@app.command("eval")
+def eval_(
+    reference: Path = typer.Argument(..., help="The original audio (WAV, FLAC or OGG)."),
+    output: Path = typer.Argument(..., help="What to score: audio, or a .kan file (decoded at the reference's rate; "
+                                  "its kbps is reported too)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (per channel and mean) instead of a table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw both spectrograms and their difference "
+                                        "to this PNG/PDF/SVG (needs: pip install 'kancodec[plot]')."),
+    visqol: bool = typer.Option(False, "--visqol", help="Add ViSQOL MOS-LQO, speech mode at 16 kHz "
+                                "(needs: pip install visqol-python)."),
+    cdpam: bool = typer.Option(False, "--cdpam", help="Add CDPAM (needs: pip install cdpam)."),
+    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Score OUTPUT against REFERENCE: MSE, PSNR, SNR, SI-SNR, LSD, PESQ, STOI, spectral Wasserstein.
+
+    Definitions (kancodec/metrics.py): PSNR uses the reference's peak. SI-SNR removes means
+    and any gain. LSD = mean over frames of sqrt(mean over bins of log10(|R|^2/|O|^2)^2),
+    Hann STFT, n_fft 2048*sr/44100, hop sr/100 (lower is better). PESQ is wide band at
+    16 kHz (narrow band for 8 kHz references; 1-4.6). STOI 0-1. Spectral Wasserstein: the
+    |FFT|s as distributions over squared bin indices, 1-Wasserstein distance / clip length
+    (lower is better). OUTPUT at another rate is resampled to the reference's; different
+    lengths compare the common part; each channel is scored, then the mean. A metric that
+    cannot run (silence, too short) shows n/a and why.
+    """
+    with _errors():
+        if plot:
+            from .plot import check_plot_path
+
+            check_plot_path(plot)
+            check_writable(plot, force)
+        from .metrics import CORE
+
+        metrics = CORE + (("visqol",) if visqol else ()) + (("cdpam",) if cdpam else ())
+        result = api.evaluate(reference, output, metrics=metrics, device=device)
+        if plot:
+            from .audio import read_audio, resample
+            from .plot import spectrograms
+
+            ref, sr = read_audio(reference)
+            if output.suffix.lower() == ".kan":
+                out, _ = api.decode(output, sr=sr, device=device)
+            else:
+                out, out_sr = read_audio(output)
+                out = resample(out, out_sr, sr)
+            n = min(ref.shape[1], out.shape[1])
+            spectrograms(ref[0, :n], out[0, :n], sr, plot, force, (reference.name, output.name))
+        if as_json:
+            doc = dict(result)
+            doc["channels"] = [{k: _json_value(v) for k, v in ch.items()} for ch in result["channels"]]
+            doc["mean"] = {k: _json_value(v) for k, v in result["mean"].items()}
+            typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+            return
+        if quiet:
+            return
+        console = Console()
+        multi = len(result["channels"]) > 1
+        table = Table(title=f"{output.name} vs {reference.name} ({result['frames'] / result['sample_rate']:.2f} s "
+                            f"at {result['sample_rate']} Hz)")
+        table.add_column("metric")
+        from .metrics import HIGHER_IS_BETTER
+
+        table.add_column("better", justify="center")
+        for c in range(len(result["channels"]) if multi else 0):
+            table.add_column(f"ch {c}", justify="right")
+        table.add_column("mean" if multi else "value", justify="right")
+        for m in metrics:
+            vals = [ch[m] for ch in result["channels"]] if multi else []
+            table.add_row(_METRIC_LABELS[m], "higher" if HIGHER_IS_BETTER[m] else "lower",
+                          *map(_fmt, vals), _fmt(result["mean"][m]))
+        console.print(table)
+        if "kan" in result:
+            k = result["kan"]
+            console.print(f"{output.name}: {k['arch']}, {k['bits']} bits, {k['bytes']:,} bytes = {k['kbps']:.1f} kbps "
+                          f"({k['ratio_to_pcm16']:.2f}x smaller than 16-bit PCM at {k['pcm16_kbps']:.0f} kbps)")
+        for note in result["notes"]:
+            console.print(f"note: {note}")
+        if plot:
+            console.print(f"spectrograms: {plot}")
+
+
 @app.command()
 def demo(
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (default: the fast preset's 200)."),
@@ -240,31 +350,111 @@ def demo(
                 console.print(f"decoded audio: {output}")
 
 
-@app.command()
-def bench(
-    what: str = typer.Argument("speed", help="speed: fit steps/s and decode samples/s for one 32,768-sample window."),
+bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Benchmarks that print numbers (speed and quality targets live here, not in tests).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("speed")
+def bench_speed(
     steps: int = typer.Option(20, "--steps", help="Timed fit steps (after warm-up)."),
     windows: str = typer.Option("1", "--windows", help="Comma-separated batch sizes to time, e.g. 1,8,64 on a GPU."),
     compile: str = typer.Option("both", "--compile", help="yes, no or both."),
     device: str = DEVICE,
 ) -> None:
-    """Benchmarks that print numbers (speed targets live here, not in tests)."""
+    """Fit steps/s and decode samples/s of the default KAN on 32,768-sample windows."""
     with _errors():
-        if what != "speed":
-            raise KanError(f"bench {what!r}: choose one of: speed")
         modes = {"both": [False, True], "yes": [True], "no": [False]}
         if compile not in modes:
             raise KanError(f"--compile {compile!r}: choose one of: {', '.join(modes)}")
-        try:
-            batches = [int(v) for v in windows.split(",") if v.strip()]
-        except ValueError:
-            batches = []
-        if not batches or min(batches) < 1:
-            raise KanError(f"--windows {windows!r}: give comma-separated positive batch sizes, e.g. 1,8,64")
+        batches = _int_list(windows, "--windows", "1,8,64")
         from .bench import run_speed
 
-        run_speed(device=device, steps=steps, batches=batches, modes=modes[compile],
-                  console=Console() if sys.stdout.isatty() else Console(width=160))
+        run_speed(device=device, steps=steps, batches=batches, modes=modes[compile], console=_wide_console())
+
+
+def _wide_console() -> Console:
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _int_list(text: str, option: str, example: str, kind=int) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise KanError(f"{option} {text!r}: give comma-separated positive numbers, e.g. {example}")
+    return values
+
+
+@bench_app.command("quality")
+def bench_quality(
+    data: Path = typer.Argument(..., help="Folder of audio files (searched recursively for WAV, FLAC, OGG)."),
+    arch: str = typer.Option(",".join(ARCHS), "--arch", help="Comma-separated INR families to compare."),
+    steps: int = typer.Option(10000, "--steps", help="Fitting steps per INR (the paper's 10,000; on a CPU "
+                              "try 200-500: time grows linearly)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many files (sorted by path)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of every fit."),
+    bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight (sets kbps and quantisation noise)."),
+    sr: int = typer.Option(22050, "--sr", help="Rate every clip is resampled to."),
+    length: int = typer.Option(32768, "--length", help="Samples per clip (32768 = 1.5 s; the paper's 3 s table: 65536)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="An ablation instead of the family defaults: NAME=V1,V2,... "
+                                        "with NAME n_freqs, hidden (48x24x12), grid, order, lr, omega_first, sigma, "
+                                        "scale or first_bias, e.g. --sweep grid=1,5,10,12,17 --arch kan."),
+    opus: str = typer.Option("12,24", "--opus", help="Opus bitrates in kbps to compare against ('' for none)."),
+    mulaw: bool = typer.Option(True, "--mulaw/--no-mulaw", help="Also compare 8-bit mu-law."),
+    out: Path = typer.Option(Path("bench-quality"), "--out", help="Folder for results.jsonl (resumable) and "
+                             "summary.md/.csv/.json."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore results already in --out and start over."),
+    device: str = DEVICE, quiet: bool = QUIET,
+) -> None:
+    """The paper's Table 1 protocol on your audio: every INR fitted to every clip, then every metric.
+
+    Prints mean ± std per INR and codec baseline. An interrupted run resumes from
+    OUT/results.jsonl when started again with the same settings.
+    """
+    console = Console(stderr=True, quiet=quiet)
+    with _errors():
+        from .quality import COLUMNS, Plan, check_resume, load_clips, make_variants, run_quality, table_cells
+        from .quant import check_bits
+
+        check_bits(bits)
+        if steps < 1 or (limit is not None and limit < 1) or length < 256 or not 1000 <= sr <= 192000:
+            raise KanError("--steps and --limit must be >= 1, --length >= 256 and --sr 1000-192000 Hz")
+        archs = [a.strip() for a in arch.split(",") if a.strip()]
+        for a in archs:
+            make_config(a)  # names the valid families on a typo
+        variants = make_variants(archs, sweep, _int_list(opus, "--opus", "6,12,24", float) if opus.strip() else [], mulaw)
+        api.resolve_device(device)
+        clips, skipped = load_clips(data, sr, length, limit)
+        plan = Plan(variants, steps, bits, sr, length, seed, skipped)
+        check_resume(out, plan, fresh)
+        console.print(f"{len(clips)} clips of {length / sr:.2f} s from {data}" +
+                      (f" ({len(skipped)} skipped: shorter than {length} samples or silent)" if skipped else "") +
+                      f"; {len(variants)} variants, {steps} steps; results in {out}/")
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fit]}"),
+                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet)
+        task = bar.add_task("clips x variants", total=len(clips) * len(variants), fit="")
+
+        def on_start(name: str, already: int) -> None:
+            bar.update(task, advance=already, description=name)
+
+        def on_fit(ev: api.Event) -> None:
+            if ev.stage == "fit":
+                bar.update(task, fit=f"step {ev.done}/{ev.total} SNR {ev.info['snr']:.1f} dB")
+
+        with bar:
+            summary = run_quality(data, out, plan, clips, device, fresh, on_start, on_fit,
+                                  lambda name, n: bar.update(task, advance=n, fit=""))
+        table = Table(title=f"{len(clips)} clips, {length} samples at {sr} Hz, {steps} steps, {bits}-bit weights "
+                            "(mean ± std)")
+        for key, label in COLUMNS:
+            table.add_column(label, justify="left" if key == "variant" else "right")
+        for s in summary:
+            table.add_row(*table_cells(s))
+        if not quiet:
+            _wide_console().print(table)
+        console.print(f"wrote {out}/summary.md, summary.csv, summary.json and results.jsonl")
 
 
 def _version(value: bool) -> None:

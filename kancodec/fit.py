@@ -71,9 +71,15 @@ def preset_name(name: str, device: torch.device) -> str:
     return name
 
 
-def preset(name: str, device: torch.device) -> FitSettings:
-    """Settings for a preset name (see :func:`preset_name`)."""
-    return replace(PRESETS[preset_name(name, device)])
+def preset(name: str, device: torch.device, config: inr.INR | None = None) -> FitSettings:
+    """Settings for a preset name (see :func:`preset_name`) and architecture: the MLP
+    baselines train at their own measured learning rate (``config.lr``) in every preset;
+    the KAN uses the preset's."""
+    name = preset_name(name, device)
+    settings = PRESETS[name]
+    if config is not None and config.arch != "kan":
+        settings = replace(settings, lr=config.lr)
+    return replace(settings)
 
 
 @dataclass
@@ -99,7 +105,7 @@ def time_grid(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.linspace(-1.0, 1.0, n, device=device)
 
 
-def fit(config: inr.KANConfig, target: torch.Tensor, settings: FitSettings, sr: int,
+def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
         init: dict[str, torch.Tensor] | None = None, compile: bool = False,
         progress: Callable[[FitProgress], None] | None = None, progress_every: int = 10) -> FitResult:
     """Fit ``B`` networks to ``B`` windows.

@@ -6,6 +6,12 @@ evaluates all ``B`` networks on one shared time grid ``t`` in ``[-1, 1]``: windo
 fitted on the same grid, so whatever depends only on ``t`` (the positional encoding and
 the first KAN layer's basis) is computed once, not ``B`` times, and during a fit it is
 computed once for all steps (see :func:`input_features`).
+
+A config class provides ``arch`` (its registry name), ``shapes()``, ``init(batch,
+generator)``, ``features(t)`` and ``forward(params, feats)``; :class:`INR` supplies the
+rest. The paper's KAN lives here, its MLP baselines in :mod:`kancodec.mlp`. Fitting,
+quantisation, the file format and decoding use only the functions of this module, so they
+work for every architecture.
 """
 
 from __future__ import annotations
@@ -19,24 +25,46 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import KanError
-from .kan import init_kan_layer, kan_features, kan_layer, kan_weight
+from .kan import init_kan_layer, kan_features, kan_layer, kan_weight, positional_encoding
 
 
-def positional_encoding(t: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """NeRF encoding ``[sin(2^0 π t), cos(2^0 π t), …, sin(2^{L-1} π t), cos(2^{L-1} π t)]``.
+class INR:
+    """What every INR config shares (a mixin for frozen dataclasses)."""
 
-    Args:
-        t: ``(N,)`` times in ``[-1, 1]``.
-    Returns:
-        ``(N, 2 L)``.
-    """
-    freqs = (2.0 ** torch.arange(n_freqs, dtype=t.dtype, device=t.device)) * math.pi
-    ang = t.unsqueeze(-1) * freqs
-    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-2)
+    arch: str
+    #: peak learning rate of the fast and standard presets, chosen per family from measurement
+    lr: float = 5e-2
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter shapes without the batch axis."""
+        raise NotImplementedError
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(s) for s in self.shapes().values())
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def compact(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parameters worth storing; :meth:`expand` inverts it."""
+        return dict(params)
+
+    def expand(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(stored)
+
+    def stored_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.shapes()
+
+    def describe(self) -> str:
+        """One line for ``info``: the family and its sizes."""
+        d = self.to_dict()
+        d.pop("arch")
+        return f"{self.arch} " + " ".join(f"{k}={v}" for k, v in d.items())
 
 
 @dataclass(frozen=True)
-class KANConfig:
+class KANConfig(INR):
     """The paper's KAN INR: positional encoding of length ``n_freqs`` then KAN layers.
 
     Defaults are the paper's Table 1 model (L=10, hidden [48, 24, 12], G=10, k=2):
@@ -64,7 +92,6 @@ class KANConfig:
         return [2 * self.n_freqs, *self.hidden, 1]
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter shapes without the batch axis."""
         out: dict[str, tuple[int, ...]] = {}
         for i, (a, b) in enumerate(zip(self.dims[:-1], self.dims[1:])):
             out[f"l{i}.base"] = (a, b)
@@ -72,21 +99,57 @@ class KANConfig:
             out[f"l{i}.scale"] = (a, b)
         return out
 
-    @property
-    def n_params(self) -> int:
-        return sum(math.prod(s) for s in self.shapes().values())
+    def init(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        params: dict[str, torch.Tensor] = {}
+        for i, (a, b) in enumerate(zip(self.dims[:-1], self.dims[1:])):
+            for name, value in init_kan_layer(batch, a, b, self.grid, self.order, generator=generator).items():
+                params[f"l{i}.{name}"] = value
+        return params
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["grid_range"] = list(self.grid_range)
-        return d
+    def features(self, t: torch.Tensor) -> torch.Tensor:
+        """The first layer's B-spline basis of the positional encoding: ``(N,)`` -> ``(N, F)``."""
+        lo, hi = self.grid_range
+        return kan_features(positional_encoding(t, self.n_freqs), self.grid, self.order, lo, hi)
+
+    def forward(self, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.grid_range
+        w0 = kan_weight(params["l0.base"], params["l0.spline"], params["l0.scale"])
+        x = torch.matmul(feats, w0)  # (N, F) @ (B, F, O) -> (B, N, O)
+        for i in range(1, len(self.dims) - 1):
+            x = kan_layer(x, params[f"l{i}.base"], params[f"l{i}.spline"], params[f"l{i}.scale"],
+                          self.grid, self.order, lo, hi)
+        return x.squeeze(-1)
+
+    def compact(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-edge spline scale folded into the spline coefficients (``c * w_s``): the
+        function is unchanged and one value per edge (7% of the default model) is saved."""
+        out = {}
+        for name, p in params.items():
+            if name.endswith(".scale"):
+                continue
+            if name.endswith(".spline"):
+                p = p * params[name[: -len("spline")] + "scale"].unsqueeze(2)
+            out[name] = p
+        return out
+
+    def expand(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        params = dict(stored)
+        for name in self.shapes():
+            if name.endswith(".scale"):
+                params[name] = torch.ones_like(stored[name[: -len("scale")] + "base"])
+        return params
+
+    def stored_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: s for n, s in self.shapes().items() if not n.endswith(".scale")}
+
+    def describe(self) -> str:
+        return f"kan L={self.n_freqs} dims={self.dims} G={self.grid} k={self.order}"
 
 
-INR_CONFIGS = {"kan": KANConfig}
+INR_CONFIGS: dict[str, type] = {"kan": KANConfig}
 
 
-def config_from_dict(d: dict) -> KANConfig:
+def config_from_dict(d: dict) -> INR:
     """Rebuild a config saved by ``to_dict`` (the ``arch`` key picks the class)."""
     d = dict(d)
     arch = d.pop("arch", "kan")
@@ -94,31 +157,44 @@ def config_from_dict(d: dict) -> KANConfig:
         raise KanError(f"unknown INR architecture {arch!r}; known: {', '.join(INR_CONFIGS)}")
     try:
         return INR_CONFIGS[arch](**d)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise KanError(f"bad {arch} config {json.dumps(d, sort_keys=True)}: {e}") from None
 
 
-def init_params(config: KANConfig, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_config(arch: str = "kan", **settings) -> INR:
+    """The ``arch`` family's default config with ``settings`` changed (``None`` values ignored).
+
+    Raises KanError naming the valid families, or the settings that family has.
+    """
+    if arch not in INR_CONFIGS:
+        raise KanError(f"--arch {arch!r}: choose one of: {', '.join(INR_CONFIGS)}")
+    cls = INR_CONFIGS[arch]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    given = {k: v for k, v in settings.items() if v is not None}
+    wrong = [k for k in given if k not in names]
+    if wrong:
+        raise KanError(f"{', '.join(wrong)} does not apply to --arch {arch}; its settings are: {', '.join(names)}")
+    try:
+        return cls(**given)
+    except (TypeError, ValueError) as e:
+        raise KanError(f"bad {arch} settings {given}: {e}") from None
+
+
+def init_params(config: INR, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random initial parameters for ``batch`` networks, reproducible from ``seed``.
 
     Returns:
         name -> ``(batch, *config.shapes()[name])`` float32 tensors on the CPU.
     """
-    g = torch.Generator().manual_seed(seed)
-    params: dict[str, torch.Tensor] = {}
-    for i, (a, b) in enumerate(zip(config.dims[:-1], config.dims[1:])):
-        for name, value in init_kan_layer(batch, a, b, config.grid, config.order, generator=g).items():
-            params[f"l{i}.{name}"] = value
-    return params
+    return config.init(batch, torch.Generator().manual_seed(seed))
 
 
-def input_features(config: KANConfig, t: torch.Tensor) -> torch.Tensor:
+def input_features(config: INR, t: torch.Tensor) -> torch.Tensor:
     """What the first layer sees, shared by every network: ``(N,)`` times -> ``(N, F)`` features."""
-    lo, hi = config.grid_range
-    return kan_features(positional_encoding(t, config.n_freqs), config.grid, config.order, lo, hi)
+    return config.features(t)
 
 
-def forward_features(config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+def forward_features(config: INR, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
     """Evaluate ``B`` networks from precomputed :func:`input_features`.
 
     Args:
@@ -126,13 +202,7 @@ def forward_features(config: KANConfig, params: dict[str, torch.Tensor], feats: 
     Returns:
         ``(B, N)`` amplitudes.
     """
-    lo, hi = config.grid_range
-    w0 = kan_weight(params["l0.base"], params["l0.spline"], params["l0.scale"])
-    x = torch.matmul(feats, w0)  # (N, F) @ (B, F, O) -> (B, N, O)
-    for i in range(1, len(config.dims) - 1):
-        x = kan_layer(x, params[f"l{i}.base"], params[f"l{i}.spline"], params[f"l{i}.scale"],
-                      config.grid, config.order, lo, hi)
-    return x.squeeze(-1)
+    return config.forward(params, feats)
 
 
 class _Compiled:
@@ -148,7 +218,7 @@ class _Compiled:
                 setattr(cfg, name, max(getattr(cfg, name), 256))
         self.fn = torch.compile(forward_features, dynamic=False)
 
-    def __call__(self, config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+    def __call__(self, config: INR, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
         if self.fn is not forward_features:
             try:
                 return self.fn(config, params, feats)
@@ -163,7 +233,7 @@ def forward_fn(use_compile: bool):
     return _Compiled() if use_compile else forward_features
 
 
-def forward_chunked(config: KANConfig, params: dict[str, torch.Tensor], feats: torch.Tensor,
+def forward_chunked(config: INR, params: dict[str, torch.Tensor], feats: torch.Tensor,
                     fn=forward_features, rows: int = 4096) -> torch.Tensor:
     """:func:`forward_features` over slices of the time axis: ``(N, F)`` or ``(B, N, F)`` -> ``(B, N)``.
 
@@ -179,35 +249,27 @@ def forward_chunked(config: KANConfig, params: dict[str, torch.Tensor], feats: t
     return torch.cat([fn(config, params, c) for c in feats.split(size, -2)], dim=-1)
 
 
-def forward(config: KANConfig, params: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+def forward(config: INR, params: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
     """Evaluate ``B`` networks at times ``t`` (``(N,)`` in ``[-1, 1]``) -> ``(B, N)``."""
     return forward_chunked(config, params, input_features(config, t))
 
 
-def compact(config: KANConfig, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The parameters worth storing: the per-edge spline scale is folded into the spline
-    coefficients (``c * w_s``), which leaves the function unchanged and saves one value per
-    edge (7% of the default model). :func:`expand` undoes the split with unit scales."""
-    out = {}
-    for name, p in params.items():
-        if name.endswith(".scale"):
-            continue
-        if name.endswith(".spline"):
-            p = p * params[name[: -len("spline")] + "scale"].unsqueeze(2)
-        out[name] = p
-    return out
+def compact(config: INR, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The parameters worth storing (see each config's ``compact``); :func:`expand` inverts it."""
+    return config.compact(params)
 
 
-def expand(config: KANConfig, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`compact`: full parameter dict with unit spline scales."""
-    params = dict(stored)
-    for name in config.shapes():
-        if name.endswith(".scale"):
-            base = stored[name[: -len("scale")] + "base"]
-            params[name] = torch.ones_like(base)
-    return params
+def expand(config: INR, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compact`: the full parameter dict."""
+    return config.expand(stored)
 
 
-def stored_shapes(config: KANConfig) -> dict[str, tuple[int, ...]]:
+def stored_shapes(config: INR) -> dict[str, tuple[int, ...]]:
     """Shapes (without batch axis) of what :func:`compact` returns."""
-    return {n: s for n, s in config.shapes().items() if not n.endswith(".scale")}
+    return config.stored_shapes()
+
+
+from .mlp import MLP_CONFIGS  # noqa: E402  (the baselines build on INR above)
+
+INR_CONFIGS.update(MLP_CONFIGS)
+ARCHS = tuple(INR_CONFIGS)

@@ -34,6 +34,19 @@ def _truncated_power_coeffs(k: int) -> list[float]:
     return [(-1) ** i * math.comb(k + 1, i) / math.factorial(k) for i in range(k + 2)]
 
 
+def positional_encoding(t: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """NeRF encoding ``[sin(2^0 π t), cos(2^0 π t), …, sin(2^{L-1} π t), cos(2^{L-1} π t)]``.
+
+    Args:
+        t: ``(N,)`` times in ``[-1, 1]``.
+    Returns:
+        ``(N, 2 L)``.
+    """
+    freqs = (2.0 ** torch.arange(n_freqs, dtype=t.dtype, device=t.device)) * math.pi
+    ang = t.unsqueeze(-1) * freqs
+    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-2)
+
+
 def bspline_basis(x: torch.Tensor, grid: int, order: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
     """Uniform B-spline basis values.
 

@@ -7,7 +7,8 @@ JSON with sorted keys:
 =====================  ==========================================================
 ``kancodec.format``    ``"kancodec-inr"``: the tag, also the magic a reader checks
 ``kancodec.version``   format version (``"1"``), independent of the package version
-``kancodec.inr``       the INR config (``inr.KANConfig.to_dict()``)
+``kancodec.inr``       the INR config (``config.to_dict()``; its ``arch`` names the family:
+                       kan, nerf, siren, rff, wire or finer)
 ``kancodec.audio``     ``sample_rate`` (the input's), ``fit_sr``, ``channels``,
                        ``frames`` (at ``sample_rate``), ``fit_frames``, ``chunk``,
                        ``overlap``, ``windows`` (per channel)
@@ -70,7 +71,7 @@ class AudioInfo:
 class KanFile:
     """An encoded clip: config, audio facts, quantised parameters and window gains."""
 
-    config: inr.KANConfig
+    config: inr.INR
     audio: AudioInfo
     bits: int
     tensors: dict[str, np.ndarray]

@@ -1,0 +1,198 @@
+"""Audio quality metrics, each defined here once (``kancodec eval`` and ``bench quality`` use them).
+
+All functions take a reference ``ref`` and a test signal ``out`` as 1-D float arrays of
+the same length and sample rate (:func:`evaluate` handles channels, rates and lengths).
+
+- **MSE** ``mean((ref - out)²)``.
+- **PSNR** ``10 log10(max|ref|² / MSE)`` dB: the peak is the reference's.
+- **SNR** ``10 log10(Σ ref² / Σ (ref - out)²)`` dB.
+- **SI-SNR** scale-invariant SNR: both signals mean-removed, ``s = (<out, ref> / |ref|²) ref``,
+  ``10 log10(|s|² / |out - s|²)`` dB. A pure gain does not change it; a delay does.
+- **LSD** log-spectral distance as the paper's reference code: Hann STFT with
+  ``n_fft = round(2048 sr / 44100)``, hop ``sr / 100``, ``mean_frames sqrt(mean_freq
+  (log10(|R|² / |O|²))²)`` (log10, no ×10; powers floored at 1e-10).
+- **PESQ** ITU-T P.862.2 wide band on both signals resampled to 16 kHz; narrow band
+  (P.862) at 8 kHz when the reference's rate is 8 kHz. ``n/a`` with the reason on silence.
+- **STOI** short-time objective intelligibility (pystoi, which works at 10 kHz).
+- **Spectral Wasserstein** (the paper's): ``|FFT|`` of each signal as a probability
+  distribution over the support ``[0, 1, 4, …, (n-1)²]`` (squared bin indices), the
+  1-Wasserstein distance between the two, divided by the clip length in samples.
+- Optional: **ViSQOL** (speech mode, MOS-LQO at 16 kHz; ``pip install visqol-python``)
+  and **CDPAM** (``pip install cdpam``); each reports why when it cannot run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from .audio import resample
+from .errors import InputError
+from .loss import si_snr as _si_snr_t
+
+CORE = ("mse", "psnr", "snr", "si_snr", "lsd", "pesq", "stoi", "wasserstein")
+OPTIONAL = ("visqol", "cdpam")
+HIGHER_IS_BETTER = {"mse": False, "psnr": True, "snr": True, "si_snr": True, "lsd": False, "pesq": True,
+                    "stoi": True, "wasserstein": False, "visqol": True, "cdpam": False}
+
+
+class NotAvailable(str):
+    """A metric that could not be computed: the string says why (shown as ``n/a``)."""
+
+
+def mse(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(np.mean((ref.astype(np.float64) - out) ** 2))
+
+
+def psnr(ref: np.ndarray, out: np.ndarray) -> float:
+    err = mse(ref, out)
+    peak = float(np.max(np.abs(ref))) ** 2
+    if err == 0:
+        return math.inf
+    return 10 * math.log10(max(peak, 1e-20) / err)
+
+
+def snr(ref: np.ndarray, out: np.ndarray) -> float:
+    err = float(np.sum((ref.astype(np.float64) - out) ** 2))
+    if err == 0:
+        return math.inf
+    return 10 * math.log10(max(float(np.sum(ref.astype(np.float64) ** 2)), 1e-20) / err)
+
+
+def si_snr(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(_si_snr_t(torch.from_numpy(np.asarray(out, np.float64)), torch.from_numpy(np.asarray(ref, np.float64)),
+                           eps=1e-20))
+
+
+def lsd(ref: np.ndarray, out: np.ndarray, sr: int) -> float:
+    n_fft = max(16, round(2048 * sr / 44100))
+    hop = max(1, round(sr / 100))
+
+    def power(x: np.ndarray) -> torch.Tensor:
+        spec = torch.stft(torch.from_numpy(np.asarray(x, np.float64)), n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
+                          return_complex=True, center=True)
+        return spec.abs().square().clamp_min(1e-10)
+
+    d = torch.log10(power(ref) / power(out))  # (freq, frames)
+    return float(d.square().mean(0).sqrt().mean())
+
+
+def wasserstein(ref: np.ndarray, out: np.ndarray) -> float:
+    a = np.abs(np.fft.rfft(ref.astype(np.float64)))
+    b = np.abs(np.fft.rfft(out.astype(np.float64)))
+    if a.sum() == 0 or b.sum() == 0:
+        return 0.0 if a.sum() == b.sum() else math.nan
+    support = np.arange(len(a), dtype=np.float64) ** 2
+    cdf_gap = np.abs(np.cumsum(a / a.sum()) - np.cumsum(b / b.sum()))[:-1]
+    return float(np.sum(cdf_gap * np.diff(support)) / len(ref))
+
+
+def pesq(ref: np.ndarray, out: np.ndarray, sr: int) -> float | NotAvailable:
+    from pesq import pesq as _pesq
+
+    if not np.any(ref) or not np.any(out):
+        return NotAvailable("a signal is silent (PESQ needs speech in both)")
+    mode, rate = ("nb", 8000) if sr == 8000 else ("wb", 16000)
+    r = resample(ref[None].astype(np.float32), sr, rate)[0]
+    o = resample(out[None].astype(np.float32), sr, rate)[0]
+    if len(r) < rate // 4:
+        return NotAvailable(f"needs at least 0.25 s, got {len(ref) / sr:.3f} s")
+    try:
+        return float(_pesq(rate, r, o, mode))
+    except Exception as e:  # noqa: BLE001 - pesq raises its own types (NoUtterancesError, ...)
+        msg = str(e).strip().removeprefix("b'").removesuffix("'")
+        return NotAvailable(f"PESQ: {msg or type(e).__name__}")
+
+
+def stoi(ref: np.ndarray, out: np.ndarray, sr: int) -> float | NotAvailable:
+    from pystoi import stoi as _stoi
+
+    if not np.any(ref):
+        return NotAvailable("the reference is silent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pystoi warns (and returns 1e-5) when it finds no speech frames
+        value = float(_stoi(ref.astype(np.float64), out.astype(np.float64), sr, extended=False))
+    if value == 1e-5:  # pystoi's answer when fewer than 30 frames (~0.4 s) of sound remain
+        return NotAvailable("too short or too quiet: STOI needs about 0.4 s of sound")
+    return value
+
+
+def visqol(ref: np.ndarray, out: np.ndarray, sr: int) -> float | NotAvailable:
+    try:
+        from visqol import VisqolApi
+    except ImportError:
+        return NotAvailable("ViSQOL is not installed: pip install visqol-python")
+    api = VisqolApi()
+    api.create(mode="speech")
+    r = resample(ref[None].astype(np.float32), sr, 16000)[0].astype(np.float64)
+    o = resample(out[None].astype(np.float32), sr, 16000)[0].astype(np.float64)
+    try:
+        return float(api.measure_from_arrays(r, o, 16000).moslqo)
+    except Exception as e:  # noqa: BLE001 - report, do not crash the other metrics
+        return NotAvailable(f"ViSQOL failed: {e}")
+
+
+def cdpam(ref: np.ndarray, out: np.ndarray, sr: int) -> float | NotAvailable:
+    try:
+        import cdpam as _cdpam
+    except Exception as e:  # noqa: BLE001 - ImportError, or its own imports breaking on new numpy
+        return NotAvailable(f"CDPAM is not usable ({type(e).__name__}): pip install cdpam librosa resampy")
+    try:
+        model = _cdpam.CDPAM(dev="cpu")
+        r = resample(ref[None].astype(np.float32), sr, 22050) * 32768.0
+        o = resample(out[None].astype(np.float32), sr, 22050) * 32768.0
+        with torch.no_grad():
+            return float(model.forward(torch.from_numpy(r), torch.from_numpy(o)).item())
+    except Exception as e:  # noqa: BLE001
+        return NotAvailable(f"CDPAM failed: {type(e).__name__}: {e}")
+
+
+def score(ref: np.ndarray, out: np.ndarray, sr: int, metrics: tuple[str, ...] = CORE) -> dict[str, float | NotAvailable]:
+    """Every metric in ``metrics`` for one channel: ``(n,)`` and ``(n,)`` at ``sr`` -> name -> value."""
+    funcs = {"mse": lambda: mse(ref, out), "psnr": lambda: psnr(ref, out), "snr": lambda: snr(ref, out),
+             "si_snr": lambda: si_snr(ref, out), "lsd": lambda: lsd(ref, out, sr), "pesq": lambda: pesq(ref, out, sr),
+             "stoi": lambda: stoi(ref, out, sr), "wasserstein": lambda: wasserstein(ref, out),
+             "visqol": lambda: visqol(ref, out, sr), "cdpam": lambda: cdpam(ref, out, sr)}
+    return {m: funcs[m]() for m in metrics}
+
+
+def evaluate(ref: np.ndarray, out: np.ndarray, sr: int, out_sr: int | None = None,
+             metrics: tuple[str, ...] = CORE) -> dict:
+    """Score ``out`` against ``ref``, channel by channel.
+
+    Args:
+        ref: ``(C, n)`` reference at ``sr``.
+        out: ``(C', n')`` at ``out_sr`` (default ``sr``); resampled to ``sr`` first. ``C'``
+            must equal ``C``, or be 1 (compared with every reference channel).
+    Returns:
+        ``{"sample_rate", "frames", "ref_frames", "out_frames", "notes": [...],
+        "channels": [{metric: value}, ...], "mean": {metric: value}}``; a value that
+        could not be computed is a :class:`NotAvailable` string.
+    """
+    notes = []
+    out_sr = out_sr or sr
+    if out_sr != sr:
+        out = resample(out, out_sr, sr)
+        notes.append(f"output resampled from {out_sr} Hz to the reference's {sr} Hz")
+    if out.shape[0] != ref.shape[0]:
+        if out.shape[0] != 1:
+            raise InputError(f"channel counts differ: reference {ref.shape[0]}, output {out.shape[0]}; "
+                             "compare files with the same channels (or a mono output)")
+        out = np.repeat(out, ref.shape[0], 0)
+    n = min(ref.shape[1], out.shape[1])
+    if ref.shape[1] != out.shape[1]:
+        notes.append(f"lengths differ (reference {ref.shape[1]}, output {out.shape[1]} samples at {sr} Hz): "
+                     f"compared the first {n}")
+    if n == 0:
+        raise InputError("nothing to compare: one of the signals has no samples")
+    per_channel = [score(ref[c, :n], out[c, :n], sr, metrics) for c in range(ref.shape[0])]
+    mean = {}
+    for m in metrics:
+        vals = [ch[m] for ch in per_channel]
+        missing = [v for v in vals if isinstance(v, NotAvailable)]
+        mean[m] = missing[0] if missing else float(np.mean(vals))
+    return {"sample_rate": sr, "frames": n, "ref_frames": int(ref.shape[1]), "out_frames": int(out.shape[1]),
+            "notes": notes, "channels": per_channel, "mean": mean}
