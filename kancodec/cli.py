@@ -249,7 +249,7 @@ def eval_(
                                         "to this PNG/PDF/SVG (needs: pip install 'kancodec[plot]')."),
     visqol: bool = typer.Option(False, "--visqol", help="Add ViSQOL MOS-LQO, speech mode at 16 kHz "
                                 "(needs: pip install visqol-python)."),
-    cdpam: bool = typer.Option(False, "--cdpam", help="Add CDPAM (needs: pip install cdpam)."),
+    cdpam: bool = typer.Option(False, "--cdpam", help="Add CDPAM, a learned perceptual distance (lower is better; needs: pip install 'kancodec[cdpam]')."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Score OUTPUT against REFERENCE: MSE, PSNR, SNR, SI-SNR, LSD, PESQ, STOI, spectral Wasserstein.
@@ -400,7 +400,7 @@ def bench_quality(
     length: int = typer.Option(32768, "--length", help="Samples per clip (32768 = 1.5 s; the paper's 3 s table: 65536)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="An ablation instead of the family defaults: NAME=V1,V2,... "
                                         "with NAME n_freqs, hidden (48x24x12), grid, order, lr, omega_first, sigma, "
-                                        "scale or first_bias, e.g. --sweep grid=1,5,10,12,17 --arch kan."),
+                                        "scale or first_bias, e.g. --sweep grid=1,5,10,12,17 (families without the setting are left out)."),
     opus: str = typer.Option("12,24", "--opus", help="Opus bitrates in kbps to compare against ('' for none)."),
     mulaw: bool = typer.Option(True, "--mulaw/--no-mulaw", help="Also compare 8-bit mu-law."),
     out: Path = typer.Option(Path("bench-quality"), "--out", help="Folder for results.jsonl (resumable) and "

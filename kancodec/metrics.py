@@ -18,7 +18,8 @@ the same length and sample rate (:func:`evaluate` handles channels, rates and le
   distribution over the support ``[0, 1, 4, …, (n-1)²]`` (squared bin indices), the
   1-Wasserstein distance between the two, divided by the clip length in samples.
 - Optional: **ViSQOL** (speech mode, MOS-LQO at 16 kHz; ``pip install visqol-python``)
-  and **CDPAM** (``pip install cdpam``); each reports why when it cannot run.
+  and **CDPAM** (``pip install 'kancodec[cdpam]'``: its learned perceptual distance at
+  22.05 kHz, 0 = identical, lower is better); each reports why when it cannot run.
 """
 
 from __future__ import annotations
@@ -139,9 +140,24 @@ def cdpam(ref: np.ndarray, out: np.ndarray, sr: int) -> float | NotAvailable:
     try:
         import cdpam as _cdpam
     except Exception as e:  # noqa: BLE001 - ImportError, or its own imports breaking on new numpy
-        return NotAvailable(f"CDPAM is not usable ({type(e).__name__}): pip install cdpam librosa resampy")
+        return NotAvailable(f"CDPAM is not usable ({type(e).__name__}): pip install 'kancodec[cdpam]' (cdpam, librosa, resampy)")
     try:
-        model = _cdpam.CDPAM(dev="cpu")
+        # CDPAM's weights are a legacy torch pickle that torch >= 2.6's safe loader refuses. It
+        # ships inside the installed package, whose code runs anyway, so that one load may
+        # unpickle; kancodec's own files never do.
+        import os
+
+        old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notice that the variable above is set
+                model = _cdpam.CDPAM(dev="cpu")
+        finally:
+            if old is None:
+                os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+            else:
+                os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
         r = resample(ref[None].astype(np.float32), sr, 22050) * 32768.0
         o = resample(out[None].astype(np.float32), sr, 22050) * 32768.0
         with torch.no_grad():

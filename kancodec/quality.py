@@ -19,6 +19,7 @@ resumes where it stopped; the summary (mean ± std) is written as Markdown, CSV 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -125,7 +126,11 @@ def make_variants(archs: list[str], sweep: str | None, opus: list[float], mulaw:
     out = []
     if sweep:
         key, values = parse_sweep(sweep)
-        for arch in archs:
+        fits = [a for a in archs if key == "lr" or key in {f.name for f in dataclasses.fields(inr.INR_CONFIGS[a])}]
+        if not fits:
+            raise KanError(f"--sweep {key} applies to none of --arch {','.join(archs)}; "
+                           f"it is a setting of: {', '.join(a for a in inr.ARCHS if key in {f.name for f in dataclasses.fields(inr.INR_CONFIGS[a])})}")
+        for arch in fits:  # families without the setting are left out of a sweep
             for v in values:
                 label = "x".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}"
                 if key == "lr":

@@ -142,7 +142,7 @@ def test_optional_metrics_explain_when_missing(pair, monkeypatch):
     monkeypatch.setitem(sys.modules, "cdpam", None)
     doc = json.loads(cli("eval", ref, out, "--json", "--visqol", "--cdpam").stdout)
     assert "pip install visqol-python" in doc["mean"]["visqol"]["n/a"]
-    assert "pip install cdpam" in doc["mean"]["cdpam"]["n/a"]
+    assert "kancodec[cdpam]" in doc["mean"]["cdpam"]["n/a"]
 
 
 def test_visqol_when_installed(pair):
@@ -152,3 +152,11 @@ def test_visqol_when_installed(pair):
     clean = doc["mean"]["visqol"]
     noisy = json.loads(cli("eval", ref, out, "--json", "--visqol").stdout)["mean"]["visqol"]
     assert 1 <= noisy < clean <= 5
+
+
+def test_cdpam_when_installed(pair):
+    pytest.importorskip("cdpam")
+    ref, out = pair
+    same = json.loads(cli("eval", ref, ref, "--json", "--cdpam").stdout)["mean"]["cdpam"]
+    noisy = json.loads(cli("eval", ref, out, "--json", "--cdpam").stdout)["mean"]["cdpam"]
+    assert same < 1e-6 < noisy  # a distance: zero for identical signals
