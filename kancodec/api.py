@@ -159,7 +159,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         for k, v in result.params.items():
             fitted[k][torch.from_numpy(idx)] = v.cpu()
     seconds = time.perf_counter() - start
-    tensors = quantise(inr.compact(config, fitted), bits)
+    tensors = quantise(inr.compact(config, fitted), bits, config.keep_float)
     tensors["gain"] = gains
     audio = AudioInfo(sample_rate=int(sr), fit_sr=fit_sr, channels=channels, frames=frames,
                       fit_frames=xf.shape[1], chunk=chunk, overlap=overlap, windows=n_win)

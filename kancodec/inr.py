@@ -56,6 +56,11 @@ class INR:
     def stored_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.shapes()
 
+    @property
+    def keep_float(self) -> frozenset[str]:
+        """Stored parameters kept in float32 whatever the bit depth (none for the KAN)."""
+        return frozenset()
+
     def describe(self) -> str:
         """One line for ``info``: the family and its sizes."""
         d = self.to_dict()

@@ -22,7 +22,9 @@ Tensors, with ``B = channels × windows`` networks in channel-major order: ``gai
 parameter ``q.<name>`` (``B`` rows of bit-packed integers, little-endian bit order, or
 float32 at 32 bits) with ``lo.<name>`` and ``step.<name>`` ``(B, R)`` float32, one affine
 step per network and row ``R`` (the parameter's first axis, a layer input):
-value = lo + q × step (see ``quant.quantise``).
+value = lo + q × step (see ``quant.quantise``). The parameters a family lists in its
+``keep_float`` (the first layer of ``siren``, ``finer`` and ``wire``; none for ``kan``) are
+always stored as float32 ``q.<name>`` without ``lo``/``step``.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class KanFile:
 
     def params(self) -> dict[str, torch.Tensor]:
         """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32."""
-        return inr.expand(self.config, dequantise(self.tensors, inr.stored_shapes(self.config), self.bits))
+        return inr.expand(self.config, dequantise(self.tensors, inr.stored_shapes(self.config), self.bits,
+                                                  self.config.keep_float))
 
     def metadata(self) -> dict[str, str]:
         dumps = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
@@ -184,7 +187,7 @@ def _check_shapes(kf: KanFile, where: str) -> None:
     expected: dict[str, tuple[tuple[int, ...], str]] = {"gain": ((batch,), "float32")}
     for name, shape in inr.stored_shapes(kf.config).items():
         n = int(np.prod(shape))
-        if kf.bits == 32:
+        if kf.bits == 32 or name in kf.config.keep_float:
             expected[f"q.{name}"] = ((batch, n), "float32")
         else:
             expected[f"q.{name}"] = ((batch, packed_size(n, kf.bits)), "uint8")

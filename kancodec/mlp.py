@@ -165,6 +165,13 @@ class SIRENConfig(_MLP):
     def __post_init__(self) -> None:
         self._check()
 
+    @property
+    def keep_float(self) -> frozenset[str]:
+        """The first layer stays float32 in the file: its phase is ω₀ ≈ 3000 times the weight, so
+        8-bit steps (~1/128 of the range) meant errors of many radians; measured: SI-SNR -43.6 dB
+        at 8 bits on 20 speech clips against +9 to +13 dB in float. 200 values, ~0.6% of the file."""
+        return frozenset({"l0.w", "l0.b"})
+
     def init(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         params = self._default_init(batch, generator)  # biases as nn.Linear
         for i, (a, b) in enumerate(zip(self.dims[:-1], self.dims[1:])):
@@ -220,6 +227,11 @@ class WIREConfig(_MLP):
 
     def __post_init__(self) -> None:
         self._check()
+
+    @property
+    def keep_float(self) -> frozenset[str]:
+        """The first (real) layer stays float32: its phase is ω₀ = 300 times the weight."""
+        return frozenset({"l0.w", "l0.b"})
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out = super().shapes()

@@ -75,3 +75,23 @@ def test_rff_features_are_rebuilt_identically_from_the_config():
     t = time_grid(1000)
     assert torch.equal(cfg.features(t), inr.config_from_dict(cfg.to_dict()).features(t))
     assert not torch.equal(cfg.features(t), inr.make_config("rff", seed=1).features(t))
+
+
+@pytest.mark.parametrize("arch", ["siren", "finer", "wire"])
+def test_sine_networks_keep_their_first_layer_in_float(arch, monkeypatch):
+    """8-bit steps on a first layer multiplied by ω₀ wrecked the phase (-43.6 dB on speech).
+    Measured on this tone, float / 8-bit: siren 52.0 / 47.6, finer 51.5 / 42.6, wire 45.9 / 30.9 dB;
+    the rest of the gap is the other layers' 8-bit steps."""
+    x = tone().numpy() * 0.5
+    cfg = inr.make_config(arch)
+
+    def encode(bits):
+        return kancodec.encode(x, 8000, config=cfg, chunk=2048, overlap=0, steps=100, bits=bits, compile=False,
+                               device="cpu")
+
+    kf8, kf32 = encode(8), encode(32)
+    assert kf8.tensors["q.l0.w"].dtype == np.float32 and "lo.l0.w" not in kf8.tensors
+    assert kf8.tensors["q.l1.w"].dtype == np.uint8
+    assert kf32.encode["si_snr_db"] > 35 and kf8.encode["si_snr_db"] > 20
+    monkeypatch.setattr(type(cfg), "keep_float", property(lambda self: frozenset()))
+    assert encode(8).encode["si_snr_db"] < kf8.encode["si_snr_db"] - 10  # what the float layer saves
