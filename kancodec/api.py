@@ -253,7 +253,7 @@ def decode(kan: KanFile | str | Path, sr: int | None = None, *, device: str | to
 
 def evaluate(ref: str | Path | np.ndarray, out: str | Path | np.ndarray | KanFile, sr: int | None = None,
              out_sr: int | None = None, *, metrics: tuple[str, ...] | None = None,
-             device: str | torch.device | None = None) -> dict:
+             device: str | torch.device | None = None, keep_signals: bool = False) -> dict:
     """Score ``out`` against the reference ``ref`` with :mod:`kancodec.metrics`.
 
     Args:
@@ -261,6 +261,7 @@ def evaluate(ref: str | Path | np.ndarray, out: str | Path | np.ndarray | KanFil
         out: an audio path, a ``.kan`` path or :class:`KanFile` (decoded at the reference's
             rate), or an array at ``out_sr`` (default ``sr``).
         metrics: names from ``metrics.CORE + metrics.OPTIONAL`` (default: the core set).
+        keep_signals: also return the compared arrays (see :func:`metrics.evaluate`).
     Returns:
         :func:`metrics.evaluate`'s dict plus ``"ref"``/``"out"`` names and, for a ``.kan``
         input, ``"kan": {"bytes", "kbps", "pcm16_kbps", "ratio_to_pcm16", "bits", "arch"}``.
@@ -297,7 +298,7 @@ def evaluate(ref: str | Path | np.ndarray, out: str | Path | np.ndarray | KanFil
         y, out_rate = read_audio(out)
     else:
         y, out_rate = as_array(out, out_sr or rate, "output")
-    result = m.evaluate(x, y, rate, out_rate, chosen)
+    result = m.evaluate(x, y, rate, out_rate, chosen, keep_signals)
     result["ref"] = str(ref) if isinstance(ref, (str, Path)) else "array"
     result["out"] = str(out) if isinstance(out, (str, Path)) else type(out).__name__
     result.update(extra)

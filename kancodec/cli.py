@@ -25,7 +25,7 @@ from . import __version__, api
 from .audio import check_output_format, check_writable, write_audio
 from .errors import DeviceError, FormatError, InputError, KanError, OutputError
 from .fit import PRESETS
-from .inr import ARCHS, make_config
+from .inr import ARCHS, INR_CONFIGS, make_config
 from .kanfile import KanFile
 
 EXIT_CODES = {InputError: 3, FormatError: 4, OutputError: 5, DeviceError: 6, KanError: 2}
@@ -129,8 +129,8 @@ def encode(
     preset: str = typer.Option("auto", "--preset", "-p", help="auto (standard on CUDA, fast on CPU), fast (200 steps), "
                                "standard (2000), paper (10000, the paper's loss weights). Time grows with steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (overrides the preset). More steps: better quality, linear time."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset's; kan 5e-2, "
-                                       "siren/finer 1e-4, nerf/rff/wire 1e-3 by default)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset's; by default "
+                                       + ", ".join(f"{a} {c.lr:g}" for a, c in INR_CONFIGS.items()) + ")."),
     bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight: 16, 12, 10, 8, 6, 4 (also 2-7, 32 = float). "
                              "Fewer bits: smaller file, more quantisation noise."),
     fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate (default: the input's). Lower = fewer windows "
@@ -141,7 +141,8 @@ def encode(
                              "window) or a baseline from the paper: nerf (~33k), siren (~31k), rff (~39k), "
                              "wire (~31k), finer (~31k). All decode and eval the same way."),
     n_freqs: Optional[int] = typer.Option(None, "--n-freqs", help="Positional encoding length L, 2L inputs "
-                                          "(kan: 10, nerf: 14). More: finer detail, more params."),
+                                          f"(kan: {make_config('kan').n_freqs}, nerf: {make_config('nerf').n_freqs}). "
+                                          "More: finer detail, more params."),
     hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden layer widths, comma-separated "
                                          "(kan: 48,24,12). Wider: better quality, more bits and time."),
     grid: Optional[int] = typer.Option(None, "--grid", help="kan only: B-spline grid intervals G (default 10)."),
@@ -272,19 +273,12 @@ def eval_(
         from .metrics import CORE
 
         metrics = CORE + (("visqol",) if visqol else ()) + (("cdpam",) if cdpam else ())
-        result = api.evaluate(reference, output, metrics=metrics, device=device)
+        result = api.evaluate(reference, output, metrics=metrics, device=device, keep_signals=bool(plot))
         if plot:
-            from .audio import read_audio, resample
             from .plot import spectrograms
 
-            ref, sr = read_audio(reference)
-            if output.suffix.lower() == ".kan":
-                out, _ = api.decode(output, sr=sr, device=device)
-            else:
-                out, out_sr = read_audio(output)
-                out = resample(out, out_sr, sr)
-            n = min(ref.shape[1], out.shape[1])
-            spectrograms(ref[0, :n], out[0, :n], sr, plot, force, (reference.name, output.name))
+            ref, out = result.pop("signals")  # what was scored: no second read or decode
+            spectrograms(ref[0], out[0], result["sample_rate"], plot, force, (reference.name, output.name))
         if as_json:
             doc = dict(result)
             doc["channels"] = [{k: _json_value(v) for k, v in ch.items()} for ch in result["channels"]]

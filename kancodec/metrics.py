@@ -176,7 +176,7 @@ def score(ref: np.ndarray, out: np.ndarray, sr: int, metrics: tuple[str, ...] = 
 
 
 def evaluate(ref: np.ndarray, out: np.ndarray, sr: int, out_sr: int | None = None,
-             metrics: tuple[str, ...] = CORE) -> dict:
+             metrics: tuple[str, ...] = CORE, keep_signals: bool = False) -> dict:
     """Score ``out`` against ``ref``, channel by channel.
 
     Args:
@@ -186,7 +186,8 @@ def evaluate(ref: np.ndarray, out: np.ndarray, sr: int, out_sr: int | None = Non
     Returns:
         ``{"sample_rate", "frames", "ref_frames", "out_frames", "notes": [...],
         "channels": [{metric: value}, ...], "mean": {metric: value}}``; a value that
-        could not be computed is a :class:`NotAvailable` string.
+        could not be computed is a :class:`NotAvailable` string. With ``keep_signals``, also
+        ``"signals": (ref, out)``, the two ``(C, frames)`` arrays that were compared.
     """
     notes = []
     out_sr = out_sr or sr
@@ -210,5 +211,8 @@ def evaluate(ref: np.ndarray, out: np.ndarray, sr: int, out_sr: int | None = Non
         vals = [ch[m] for ch in per_channel]
         missing = [v for v in vals if isinstance(v, NotAvailable)]
         mean[m] = missing[0] if missing else float(np.mean(vals))
-    return {"sample_rate": sr, "frames": n, "ref_frames": int(ref.shape[1]), "out_frames": int(out.shape[1]),
-            "notes": notes, "channels": per_channel, "mean": mean}
+    result = {"sample_rate": sr, "frames": n, "ref_frames": int(ref.shape[1]), "out_frames": int(out.shape[1]),
+              "notes": notes, "channels": per_channel, "mean": mean}
+    if keep_signals:
+        result["signals"] = (ref[:, :n], out[:, :n])
+    return result

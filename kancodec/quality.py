@@ -323,6 +323,6 @@ def run_quality(data: Path, out: Path, plan: Plan, clips: list[Clip], device: st
             rows += new
             if on_done:
                 on_done(v.name, len(part))
-    summary = summarise([json.loads(_row_json(r)) for r in rows], plan.variants)
+    summary = summarise(rows, plan.variants)  # n/a and infinite values are left out there
     write_reports(out, summary, plan, len(clips))
     return summary
