@@ -30,6 +30,9 @@ from .loss import si_snr, snr
 from .quant import check_bits, quantise
 
 DEVICES = ("auto", "cpu", "cuda")
+#: peak learning rate of ``--refine`` (fitting from a hypernetwork's prediction)
+REFINE_LR = 1e-2
+DEFAULT_CHUNK = 32768
 SILENCE = 1e-6  # windows whose peak is below this are stored as silence (gain 0), not fitted
 
 
@@ -86,9 +89,10 @@ def _want_compile(compile: bool | str, work: float, pays_from: float = 200) -> b
 
 def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_name: str = "auto",
            steps: int | None = None, lr: float | None = None, bits: int = 8,
-           config: inr.INR | None = None, fit_sr: int | None = None, chunk: int = 32768,
+           config: inr.INR | None = None, fit_sr: int | None = None, chunk: int | None = None,
            overlap: int = 1024, seed: int = 0, device: str | torch.device | None = None,
            compile: bool | str = "auto", batch: int | None = None,
+           hyper: str | Path | None = None, refine: int | None = None,
            progress: Callable[[Event], None] | None = None) -> KanFile:
     """Fit KAN INRs to an audio file or array and return the quantised result.
 
@@ -99,12 +103,24 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         steps, lr: override the preset's.
         bits: quantisation bits per parameter (see ``quant.BITS_CHOICES``).
         fit_sr: sample rate to fit at (default: the input's); lower trades bandwidth for bits.
-        chunk, overlap: window length and cross-fade, in samples at ``fit_sr``.
+        chunk, overlap: window length (default 32,768) and cross-fade, in samples at ``fit_sr``.
+        hyper: a FewSound model (name or path, see ``modelfile.find_model``): each window's
+            networks are predicted in one forward pass (the rate, window and architecture
+            are the model's), then fitted for ``refine`` steps from there (default 0).
     """
     tune_allocator()
     check_bits(bits)
     dev = resolve_device(device)
+    model, hyper_info = None, None
+    if hyper is not None:
+        model, hyper_info = _load_hyper(hyper, dev, config, fit_sr, chunk)
+        config, fit_sr, chunk = model.config.inr, model.config.sample_rate, model.config.window
+        steps = refine or 0
+        lr = lr or REFINE_LR
+    elif refine is not None:
+        raise KanError("--refine needs --hyper: it continues fitting from the hypernetwork's prediction")
     config = config or inr.KANConfig()
+    chunk = chunk or DEFAULT_CHUNK
     if isinstance(source, (str, Path)):
         x, sr = read_audio(source)
     else:
@@ -141,13 +157,18 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     if progress:
         progress(Event("plan", 0, total, {"windows": int(flat.shape[0]), "active": int(len(active)),
                                           "batches": n_batches, "batch": bsz, "steps": settings.steps,
-                                          "device": str(dev), "compile": use_compile, "fit_sr": fit_sr}))
+                                          "device": str(dev), "compile": use_compile, "fit_sr": fit_sr,
+                                          "hyper": hyper_info["model"] if hyper_info else None}))
     fitted = {k: torch.zeros_like(v) for k, v in inr.init_params(config, flat.shape[0], seed).items()}
     start = time.perf_counter()
     for b in range(n_batches):
         idx = active[b * bsz:(b + 1) * bsz]
         target = target_all[b * bsz:(b + 1) * bsz].to(dev)
-        init = inr.init_params(config, len(idx), seed=seed + b)
+        if model is not None:
+            with torch.no_grad():
+                init = model(target)
+        else:
+            init = inr.init_params(config, len(idx), seed=seed + b)
         reporter = None
         if progress:
             def reporter(p: FitProgress, b=b) -> None:
@@ -155,8 +176,9 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
                 if b == 0 and p.step == min(20, settings.steps) and total > p.step:
                     rate = p.elapsed / p.step
                     progress(Event("estimate", info={"seconds": rate * (total - p.step)}))
-        result = fit(config, target, settings, fit_sr, init=init, compile=use_compile, progress=reporter)
-        for k, v in result.params.items():
+        params = fit(config, target, settings, fit_sr, init=init, compile=use_compile,
+                     progress=reporter).params if settings.steps else init
+        for k, v in params.items():
             fitted[k][torch.from_numpy(idx)] = v.cpu()
     seconds = time.perf_counter() - start
     tensors = quantise(inr.compact(config, fitted), bits, config.keep_float)
@@ -165,7 +187,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
                       fit_frames=xf.shape[1], chunk=chunk, overlap=overlap, windows=n_win)
     kf = KanFile(config, audio, bits, tensors, {
         "kancodec": __version__, "preset": resolve_preset(preset_name, dev), "settings": asdict(settings), "device": str(dev),
-        "compile": use_compile, "seconds": round(seconds, 3),
+        "compile": use_compile, "seconds": round(seconds, 3), **({"hyper": hyper_info} if hyper_info else {}),
     })
     # Quality actually reached, measured on the quantised file at the fitted rate.
     y, _ = decode(kf, sr=fit_sr, device=dev)
@@ -173,6 +195,24 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     kf.encode["snr_db"] = round(float(snr(out, ref).mean()), 3)
     kf.encode["si_snr_db"] = round(float(si_snr(out, ref).mean()), 3)
     return kf
+
+
+def _load_hyper(name: str | Path, dev: torch.device, config: inr.INR | None, fit_sr: int | None,
+                chunk: int | None) -> tuple:
+    """Load a FewSound model and check the encode options agree with it."""
+    from . import hyper as hypermod
+    from .modelfile import file_sha256, find_model
+
+    path = find_model(name)
+    model, train = hypermod.load(path, dev)
+    c = model.config
+    if config is not None and config != c.inr:
+        raise KanError(f"--hyper: the model predicts {c.inr.describe()}; drop the architecture options")
+    if fit_sr not in (None, c.sample_rate) or chunk not in (None, c.window):
+        raise KanError(f"--hyper: the model works on {c.window}-sample windows at {c.sample_rate} Hz; "
+                       "drop --fit-sr/--chunk")
+    return model, {"model": path.name, "sha256": file_sha256(path), "mode": c.mode, "encoder": c.encoder,
+                   "train_steps": train.get("steps_done")}
 
 
 def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_out: int,

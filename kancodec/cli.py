@@ -23,12 +23,13 @@ from rich.table import Table
 
 from . import __version__, api
 from .audio import check_output_format, check_writable, write_audio
-from .errors import DeviceError, FormatError, InputError, KanError, OutputError
+from .errors import DeviceError, FormatError, InputError, Interrupted, KanError, OutputError
 from .fit import PRESETS
 from .inr import ARCHS, INR_CONFIGS, make_config
 from .kanfile import KanFile
+from .train import TrainSettings
 
-EXIT_CODES = {InputError: 3, FormatError: 4, OutputError: 5, DeviceError: 6, KanError: 2}
+EXIT_CODES = {Interrupted: 130, InputError: 3, FormatError: 4, OutputError: 5, DeviceError: 6, KanError: 2}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Audio as the weights of small Kolmogorov-Arnold networks (KAN implicit neural "
@@ -37,6 +38,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 err = Console(stderr=True)
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
+HYPER_DEFAULT = "fewsound-kan"
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 FORCE = typer.Option(False, "--force", "-f", help="Overwrite the output if it exists.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda.")
 
@@ -69,7 +72,11 @@ class _Reporter:
     def __call__(self, ev: api.Event) -> None:
         if self.quiet:
             return
-        if ev.stage == "plan":
+        if ev.stage == "plan" and ev.info.get("hyper"):
+            i = ev.info
+            self.console.print(f"predicting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz with "
+                               f"{i['hyper']}" + (f", then {i['steps']} refining steps" if i["steps"] else ""))
+        if ev.stage == "plan" and not (ev.info.get("hyper") and not ev.info["steps"]):
             i = ev.info
             self.console.print(f"fitting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz, "
                                f"{i['steps']} steps, {i['batches']} batch(es) of up to {i['batch']} on {i['device']}"
@@ -113,7 +120,12 @@ def _summary(kf: KanFile, size: int, path: Path | str | None = None) -> Table:
     e = kf.encode
     if "snr_db" in e:
         rows.append(("quality", f"SNR {e['snr_db']:.2f} dB, SI-SNR {e['si_snr_db']:.2f} dB (decoded file vs input at {a.fit_sr} Hz)"))
-    if "settings" in e:
+    if "hyper" in e:
+        h, s = e["hyper"], e["settings"]
+        rows.append(("encoded", f"one shot with {escape(h['model'])} ({h['mode']}, {h['encoder']} encoder)"
+                                + (f" + {s['steps']} refining steps, lr {s['lr']}" if s["steps"] else "")
+                                + f", {e.get('device')}, {e.get('seconds', 0):.1f} s"))
+    elif "settings" in e:
         s = e["settings"]
         rows.append(("encoded", f"preset {e.get('preset')}, {s['steps']} steps, lr {s['lr']}, seed {s['seed']}, "
                                 f"{e.get('device')}, {e.get('seconds', 0):.1f} s"))
@@ -135,7 +147,8 @@ def encode(
                              "Fewer bits: smaller file, more quantisation noise."),
     fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate (default: the input's). Lower = fewer windows "
                                          "and bits, less bandwidth."),
-    chunk: int = typer.Option(32768, "--chunk", help="Window length in samples at the fitting rate."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Window length in samples at the fitting rate "
+                                        "(default 32768)."),
     overlap: int = typer.Option(1024, "--overlap", help="Cross-fade between windows, in samples."),
     arch: str = typer.Option("kan", "--arch", help="The network family: kan (the paper's KAN, 33,768 params per "
                              "window) or a baseline from the paper: nerf (~33k), siren (~31k), rff (~39k), "
@@ -149,9 +162,19 @@ def encode(
     order: Optional[int] = typer.Option(None, "--order", help="kan only: B-spline order k, 1-5 (default 2)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed and settings give the same file."),
     compile: str = typer.Option("auto", "--compile", help="auto, yes or no: torch.compile the model (10-30 s once, then ~3x faster steps)."),
+    hyper: Optional[str] = typer.Option(None, "--hyper", metavar="[MODEL]", help="Predict the networks in one shot "
+                                        "with a FewSound hypernetwork instead of fitting: --hyper alone uses "
+                                        f"{HYPER_DEFAULT} (yours from train-hyper, else the bundled one); or give a "
+                                        "model name or .safetensors path. Fits at 22.05 kHz in the model's windows."),
+    refine: Optional[int] = typer.Option(None, "--refine", help="With --hyper: then fit this many steps from the "
+                                         "prediction (e.g. 300), at --lr (default "
+                                         f"{api.REFINE_LR:g}). Better quality than one shot, far fewer steps than from scratch."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
-    """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file."""
+    """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.
+
+    With --hyper, a pretrained hypernetwork predicts the networks in one pass (seconds),
+    optionally refined with --refine N fitting steps."""
     console = Console(stderr=True, quiet=quiet)
     with _errors():
         out = output or input.with_suffix(".kan")
@@ -160,13 +183,17 @@ def encode(
             raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
         if preset not in ("auto", *PRESETS):
             raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
+        shaped = arch != "kan" or any(v is not None for v in (n_freqs, hidden, grid, order))
         config = make_config(arch, n_freqs=n_freqs, hidden=_parse_hidden(hidden) if hidden else None,
-                             grid=grid, order=order)
+                             grid=grid, order=order) if shaped or hyper is None else None
+        if hyper is not None and steps is not None:
+            raise KanError("--steps with --hyper: use --refine N to fit N steps from the prediction")
         rep = _Reporter(console, quiet)
         try:
             kf = api.encode(input, preset_name=preset, steps=steps, lr=lr, bits=bits, config=config, fit_sr=fit_sr,
                             chunk=chunk, overlap=overlap, seed=seed, device=device,
-                            compile={"auto": "auto", "yes": True, "no": False}[compile], progress=rep)
+                            compile={"auto": "auto", "yes": True, "no": False}[compile], hyper=hyper,
+                            refine=refine, progress=rep)
         finally:
             rep.close()
         size = kf.save(out, force)
@@ -344,6 +371,113 @@ def demo(
                 console.print(f"decoded audio: {output}")
 
 
+class _TrainReporter:
+    """Renders training events: a progress bar with the loss, a line per validation."""
+
+    def __init__(self, console: Console, quiet: bool):
+        self.console, self.quiet = console, quiet
+        self.bar: Progress | None = None
+        self.task = None
+
+    def _bar(self, description: str, total: int, done: int = 0) -> None:
+        self.close()
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=True)
+        self.task = self.bar.add_task(description, total=total, completed=done, stats="")
+        self.bar.start()
+
+    def __call__(self, ev: api.Event) -> None:
+        if self.quiet:
+            return
+        i = ev.info
+        if ev.stage == "data":
+            if self.bar is None:
+                self._bar("reading and caching audio", ev.total)
+            self.bar.update(self.task, completed=ev.done, stats=escape(i.get("file", "")[-40:]))
+        elif ev.stage == "plan":
+            self.close()
+            self.console.print(
+                f"{i['train_files']} training clips, {i['val_files']} held out (split by {i['split']}); "
+                f"{i['padded']} shorter than one window are padded with silence"
+                + (f"; skipped {i['skipped']}: {escape(', '.join(i['skipped_names']))}" + (", ..." if i['skipped'] > 5 else "")
+                   if i["skipped"] else ""), highlight=False)
+            s = i["settings"]
+            self.console.print(f"training {i['params']:,} parameters on {i['device']}: steps {ev.done + 1}-{ev.total}, "
+                               f"batch {s['batch']}, peak lr {s['lr']:g}, loss on {s['loss_window']} samples"
+                               + (" (compiling the target network first, ~30 s)" if i["compile"] else ""))
+            self._bar("train", ev.total, ev.done)
+        elif ev.stage == "train" and self.bar is not None:
+            self.bar.update(self.task, completed=ev.done, stats=f"loss {i['loss']:.4f} lr {i['lr']:.2g}")
+        elif ev.stage == "val":
+            pesq = f"{i['pesq']:.2f}" if i["pesq"] is not None else "n/a"
+            self.console.print(f"step {ev.done}: validation SI-SNR {i['si_snr']:.2f} dB, LSD {i['lsd']:.3f}, PESQ {pesq}")
+        elif ev.stage == "checkpoint":
+            self.console.print(f"step {ev.done}: checkpoint {escape(i['path'])}", highlight=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@app.command("train-hyper")
+def train_hyper(
+    data: Path = typer.Option(..., "--data", help="Folder of speech (WAV, FLAC, OGG; searched recursively), e.g. "
+                              "VCTK's wav48_silence_trimmed or the corpus from models/build_corpus.sh."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model file to write (default: "
+                                          "fewsound-<target>.safetensors in your kancodec data folder, where "
+                                          "encode --hyper finds it)."),
+    target: str = typer.Option("kan", "--target", help="INR the model predicts: kan (the paper's default KAN) or nerf."),
+    encoder: str = typer.Option("conv", "--encoder", help="Audio encoder E: conv (SoundStream-style, raw waveform) "
+                                "or spectral (log-mel frames)."),
+    mode: str = typer.Option("fewsound", "--mode", help="fewsound (θ' = θ + H(E(x), G(θ))) or hypersound "
+                             "(H predicts the weights directly)."),
+    steps: int = typer.Option(TrainSettings.steps, "--steps", help="Optimiser steps (one-cycle schedule over all of them)."),
+    batch: int = typer.Option(TrainSettings.batch, "--batch", help="Windows per step (per process)."),
+    lr: float = typer.Option(TrainSettings.lr, "--lr", help="Peak learning rate of the one-cycle schedule."),
+    loss_window: int = typer.Option(TrainSettings.loss_window, "--loss-window", help="Samples of each predicted network "
+                                    "the loss is computed on (random stretch; 32768 = all). Smaller: cheaper steps."),
+    val_every: int = typer.Option(TrainSettings.val_every, "--val-every", help="Validate (SI-SNR, LSD, PESQ) every N steps."),
+    checkpoint_every: int = typer.Option(TrainSettings.checkpoint_every, "--checkpoint-every",
+                                         help="Save a resumable checkpoint every N steps (and on Ctrl-C)."),
+    val_fraction: float = typer.Option(TrainSettings.val_fraction, "--val-fraction", help="Share held out for validation."),
+    split: str = typer.Option("auto", "--split", help="Hold out whole folders (speakers) or single files: auto "
+                              "(folders when there are 4 or more), folder, file."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the crops."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint beside the output."),
+    compile: str = typer.Option("auto", "--compile", help="auto, yes or no: torch.compile the target network."),
+    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Train a FewSound hypernetwork: audio window in, INR weights out (see encode --hyper).
+
+    Audio is resampled once to 22.05 kHz and cached; 32,768-sample crops are
+    peak-normalised. Validation metrics go to <output>.train.jsonl. Several GPUs:
+    torchrun --nproc_per_node N -m kancodec train-hyper ..."""
+    from .hyper import HyperConfig
+    from .train import train_hyper as run_training
+
+    console = Console(stderr=True, quiet=quiet)
+    with _errors():
+        if compile not in ("auto", "yes", "no"):
+            raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
+        config = HyperConfig(target=make_config(target).to_dict(), encoder=encoder, mode=mode)
+        settings = TrainSettings(steps=steps, batch=batch, lr=lr, loss_window=loss_window, val_every=val_every,
+                                 checkpoint_every=checkpoint_every, val_fraction=val_fraction, split=split, seed=seed)
+        rep = _TrainReporter(console, quiet)
+        try:
+            summary = run_training(data, output, config, settings, device=device, resume=resume, force=force,
+                                   compile={"auto": "auto", "yes": True, "no": False}[compile], progress=rep)
+        finally:
+            rep.close()
+        if "bytes" in summary:
+            v = summary["val"]
+            pesq = f"{v['pesq']:.2f}" if v["pesq"] is not None else "n/a"
+            console.print(f"wrote {escape(str(summary['output']))} ({summary['bytes'] / 1e6:.1f} MB) after "
+                          f"{summary['seconds'] / 60:.1f} min: validation SI-SNR {v['si_snr']:.2f} dB, "
+                          f"LSD {v['lsd']:.3f}, PESQ {pesq}", highlight=False)
+
+
 bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Benchmarks that print numbers (speed and quality targets live here, not in tests).")
 app.add_typer(bench_app, name="bench")
@@ -365,6 +499,35 @@ def bench_speed(
         from .bench import run_speed
 
         run_speed(device=device, steps=steps, batches=batches, modes=modes[compile], console=_wide_console())
+
+
+@bench_app.command("hyper")
+def bench_hyper(
+    data: Path = typer.Argument(..., help="The corpus the model was trained on (its held-out split is used) "
+                                "or any folder of speech."),
+    model: str = typer.Option(HYPER_DEFAULT, "--model", help="Model name or .safetensors path."),
+    clips: int = typer.Option(8, "--clips", help="Held-out clips (one window each)."),
+    refine: int = typer.Option(300, "--refine", help="Fitting steps after the one-shot prediction."),
+    max_steps: int = typer.Option(1500, "--max-steps", help="Longest random-start fit tried for the steps-to-reach figure."),
+    out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    device: str = DEVICE, force: bool = FORCE,
+) -> None:
+    """One-shot quality of a FewSound model, refine vs random start, encode time (CPU: ~15 min for 8 clips)."""
+    with _errors():
+        if min(clips, refine, max_steps) < 1:
+            raise KanError("--clips, --refine and --max-steps must be at least 1")
+        if out is not None:
+            check_writable(out, force)
+        from .hyperbench import run_hyper_bench
+
+        console = _wide_console()
+        result = run_hyper_bench(data, model, clips, refine, max_steps, device,
+                                 log=lambda m: console.print(escape(m), highlight=False))
+        if out is not None:
+            from .audio import atomic_path
+
+            with atomic_path(out, force) as tmp:
+                tmp.write_text(json.dumps(result, indent=1))
 
 
 def _wide_console() -> Console:
@@ -462,7 +625,19 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """kancodec: KAN implicit neural representations as an audio codec."""
 
 
+def _optional_values(argv: list[str]) -> list[str]:
+    """Let ``--hyper`` stand alone (Click has no optional option values): give it the
+    default model when the next word is missing, another option, or the audio input."""
+    out = list(argv)
+    for i, word in enumerate(out):
+        if word == "--hyper":
+            nxt = out[i + 1] if i + 1 < len(out) else None
+            if nxt is None or nxt.startswith("-") or Path(nxt).suffix.lower() in AUDIO_SUFFIXES:
+                out[i] = f"--hyper={HYPER_DEFAULT}"
+    return out
+
+
 def run() -> None:
-    app(prog_name="kancodec")
+    app(args=_optional_values(sys.argv[1:]), prog_name="kancodec")
 
 

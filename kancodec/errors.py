@@ -22,3 +22,7 @@ class OutputError(KanError):
 
 class DeviceError(KanError):
     """The requested device is not available."""
+
+
+class Interrupted(KanError):
+    """Long work stopped by Ctrl-C (after saving what can be resumed)."""
