@@ -42,7 +42,7 @@ def _scores(pred: torch.Tensor, ref: torch.Tensor, sr: int, pesq: bool = True) -
     return out
 
 
-def run_hyper_bench(data: str | Path, model_name: str, clips: int = 8, refine: int = 300, max_steps: int = 1500,
+def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: int = 300, max_steps: int = 1000,
                     device: str | None = None, compile: bool = True, log=print) -> dict:
     dev = api.resolve_device(device)
     model, train = load(model_name, dev)

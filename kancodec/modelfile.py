@@ -43,7 +43,9 @@ PREFIX = "kancodec."
 #: the folder shipped with kancodec (a source checkout or editable install)
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 #: file name -> SHA-256 of the bundled file's bytes
-BUNDLED: dict[str, str] = {}
+BUNDLED: dict[str, str] = {
+    "fewsound-kan.safetensors": "360a6b454c1965d6e1395773c6321ba766b661ff1af2fc0808b82e65d2be6f22",
+}
 
 
 def user_models_dir() -> Path:
