@@ -30,8 +30,9 @@ from .loss import si_snr, snr
 from .quant import check_bits, quantise
 
 DEVICES = ("auto", "cpu", "cuda")
-#: peak learning rate of ``--refine`` (fitting from a hypernetwork's prediction)
-REFINE_LR = 1e-2
+#: peak learning rate of ``--refine`` (fitting from a hypernetwork's prediction): on 4 held-out
+#: windows, 300 steps from the bundled model reached SI-SNR 28.59 dB at 5e-2, 25.05 dB at 1e-2
+REFINE_LR = 5e-2
 DEFAULT_CHUNK = 32768
 SILENCE = 1e-6  # windows whose peak is below this are stored as silence (gain 0), not fitted
 
