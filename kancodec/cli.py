@@ -23,6 +23,7 @@ from rich.table import Table
 
 from . import __version__, api
 from .audio import check_output_format, check_writable, write_audio
+from .corpus import AUDIO_EXT
 from .errors import DeviceError, FormatError, InputError, Interrupted, KanError, OutputError
 from .fit import PRESETS
 from .inr import ARCHS, INR_CONFIGS, make_config
@@ -39,7 +40,6 @@ err = Console(stderr=True)
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
 HYPER_DEFAULT = "fewsound-kan"
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 FORCE = typer.Option(False, "--force", "-f", help="Overwrite the output if it exists.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda.")
 
@@ -61,6 +61,24 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(130)
 
 
+def _progress_bar(console: Console, description: str, total: int, done: int = 0) -> tuple[Progress, int]:
+    """A started transient Rich bar with a ``stats`` text field -> ``(bar, task)``."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, transient=True)
+    task = bar.add_task(description, total=total, completed=done, stats="")
+    bar.start()
+    return bar, task
+
+
+def _compile_choice(compile: str) -> bool | str:
+    """``--compile auto|yes|no`` -> what the library takes."""
+    choices = {"auto": "auto", "yes": True, "no": False}
+    if compile not in choices:
+        raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
+    return choices[compile]
+
+
 class _Reporter:
     """Renders api progress events with Rich (nothing when quiet)."""
 
@@ -72,21 +90,17 @@ class _Reporter:
     def __call__(self, ev: api.Event) -> None:
         if self.quiet:
             return
-        if ev.stage == "plan" and ev.info.get("hyper"):
+        if ev.stage == "plan":
             i = ev.info
-            self.console.print(f"predicting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz with "
-                               f"{i['hyper']}" + (f", then {i['steps']} refining steps" if i["steps"] else ""))
-        if ev.stage == "plan" and not (ev.info.get("hyper") and not ev.info["steps"]):
-            i = ev.info
-            self.console.print(f"fitting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz, "
-                               f"{i['steps']} steps, {i['batches']} batch(es) of up to {i['batch']} on {i['device']}"
-                               + (" (compiling the model first, ~10-30 s)" if i["compile"] else ""))
+            if i.get("hyper"):
+                self.console.print(f"predicting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz with "
+                                   f"{i['hyper']}" + (f", then {i['steps']} refining steps" if i["steps"] else ""))
+            if i["steps"] or not i.get("hyper"):
+                self.console.print(f"fitting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz, "
+                                   f"{i['steps']} steps, {i['batches']} batch(es) of up to {i['batch']} on {i['device']}"
+                                   + (" (compiling the model first, ~10-30 s)" if i["compile"] else ""))
             if ev.total:
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                    console=self.console, transient=True)
-                self.task = self.bar.add_task("fit", total=ev.total, stats="")
-                self.bar.start()
+                self.bar, self.task = _progress_bar(self.console, "fit", ev.total)
         elif ev.stage == "estimate":
             self.console.print(f"estimated time left: {ev.info['seconds'] / 60:.1f} min (measured on the first steps)")
         elif ev.stage == "fit" and self.bar is not None:
@@ -168,7 +182,7 @@ def encode(
                                         "model name or .safetensors path. Fits at 22.05 kHz in the model's windows."),
     refine: Optional[int] = typer.Option(None, "--refine", help="With --hyper: then fit this many steps from the "
                                          "prediction (e.g. 300), at --lr (default "
-                                         f"{api.REFINE_LR:g}). Better quality than one shot, far fewer steps than from scratch."),
+                                         f"{api.REFINE_LR:g}). Better than one shot; how it compares with fitting from scratch: models/README.md."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.
@@ -179,8 +193,7 @@ def encode(
     with _errors():
         out = output or input.with_suffix(".kan")
         check_writable(out, force)
-        if compile not in ("auto", "yes", "no"):
-            raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
+        use_compile = _compile_choice(compile)
         if preset not in ("auto", *PRESETS):
             raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
         shaped = arch != "kan" or any(v is not None for v in (n_freqs, hidden, grid, order))
@@ -192,7 +205,7 @@ def encode(
         try:
             kf = api.encode(input, preset_name=preset, steps=steps, lr=lr, bits=bits, config=config, fit_sr=fit_sr,
                             chunk=chunk, overlap=overlap, seed=seed, device=device,
-                            compile={"auto": "auto", "yes": True, "no": False}[compile], hyper=hyper,
+                            compile=use_compile, hyper=hyper,
                             refine=refine, progress=rep)
         finally:
             rep.close()
@@ -381,11 +394,7 @@ class _TrainReporter:
 
     def _bar(self, description: str, total: int, done: int = 0) -> None:
         self.close()
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=self.console, transient=True)
-        self.task = self.bar.add_task(description, total=total, completed=done, stats="")
-        self.bar.start()
+        self.bar, self.task = _progress_bar(self.console, description, total, done)
 
     def __call__(self, ev: api.Event) -> None:
         if self.quiet:
@@ -462,8 +471,7 @@ def train_hyper(
 
     console = Console(stderr=True, quiet=quiet)
     with _errors():
-        if compile not in ("auto", "yes", "no"):
-            raise KanError(f"--compile {compile!r}: choose one of: auto, yes, no")
+        use_compile = _compile_choice(compile)
         config = HyperConfig(target=make_config(target).to_dict(), encoder=encoder, mode=mode)
         settings = TrainSettings(steps=steps, batch=batch, lr=lr, loss_window=loss_window,
                                  spectral_weight=spectral_weight, val_every=val_every,
@@ -471,7 +479,7 @@ def train_hyper(
         rep = _TrainReporter(console, quiet)
         try:
             summary = run_training(data, output, config, settings, device=device, resume=resume, force=force,
-                                   compile={"auto": "auto", "yes": True, "no": False}[compile], progress=rep)
+                                   compile=use_compile, progress=rep)
         finally:
             rep.close()
         if "bytes" in summary:
@@ -636,7 +644,7 @@ def _optional_values(argv: list[str]) -> list[str]:
     for i, word in enumerate(out):
         if word == "--hyper":
             nxt = out[i + 1] if i + 1 < len(out) else None
-            if nxt is None or nxt.startswith("-") or Path(nxt).suffix.lower() in AUDIO_SUFFIXES:
+            if nxt is None or nxt.startswith("-") or Path(nxt).suffix.lower() in AUDIO_EXT:
                 out[i] = f"--hyper={HYPER_DEFAULT}"
     return out
 

@@ -27,7 +27,7 @@ import platformdirs
 from .audio import read_audio, resample
 from .errors import InputError, KanError
 
-AUDIO_EXT = {".wav", ".flac", ".ogg"}
+AUDIO_EXT = (".wav", ".flac", ".ogg")
 SPLITS = ("auto", "folder", "file")
 
 
@@ -40,6 +40,12 @@ def find_audio(data: str | Path) -> list[Path]:
     if not files:
         raise InputError(f"{data}: no .wav, .flac or .ogg files in it (searched recursively)")
     return files
+
+
+def sound_start(x: np.ndarray) -> int:
+    """Index of the first sample of ``(n,)`` above 1% of its peak (0 for silence)."""
+    a = np.abs(x)
+    return int(np.argmax(a > 0.01 * a.max()))
 
 
 def cache_dir(sr: int) -> Path:
@@ -152,8 +158,7 @@ def val_crops(clips: list[np.ndarray], window: int, n: int) -> np.ndarray:
     out = []
     for clip in picks:
         x = np.asarray(clip, dtype=np.float32)
-        start = int(np.argmax(np.abs(x) > 0.01 * np.abs(x).max()))
-        start = max(0, min(start, len(x) - window))
+        start = max(0, min(sound_start(x), len(x) - window))
         y = np.zeros(window, np.float32)
         seg = x[start:start + window]
         y[:len(seg)] = seg

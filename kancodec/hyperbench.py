@@ -24,22 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import api, inr, metrics
+from . import api, inr
 from .corpus import load_corpus, val_crops
 from .fit import PRESETS, fit, time_grid
 from .hyper import load
-from .loss import si_snr, snr
-
-
-def _scores(pred: torch.Tensor, ref: torch.Tensor, sr: int, pesq: bool = True) -> dict:
-    p, r = pred.float().cpu().numpy(), ref.float().cpu().numpy()
-    out = {"si_snr": float(si_snr(pred, ref).mean()), "snr": float(snr(pred, ref).mean()),
-           "lsd": float(np.mean([metrics.lsd(a, b, sr) for a, b in zip(r, p)]))}
-    if pesq:
-        vals = [metrics.pesq(a, b, sr) for a, b in zip(r, p)]
-        vals = [v for v in vals if isinstance(v, float)]
-        out["pesq"] = float(np.mean(vals)) if vals else None
-    return out
+from .train import clip_scores
 
 
 def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: int = 300, max_steps: int = 1000,
@@ -57,7 +46,7 @@ def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: i
         t0 = time.perf_counter()
         pred_params = model(x)
         predict_s = time.perf_counter() - t0
-        one = _scores(inr.forward_chunked(cfg, pred_params, feats), x, c.sample_rate)
+        one = clip_scores(inr.forward_chunked(cfg, pred_params, feats), x, c.sample_rate, len(x))
     log(f"one shot: {one}")
     base = PRESETS["standard"]
     result = {"clips": len(x), "model": model_name, "train_steps": train.get("steps_done"), "one_shot": one,
@@ -65,7 +54,7 @@ def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: i
 
     def final_scores(params, pesq=True) -> dict:
         with torch.no_grad():
-            return _scores(inr.forward_chunked(cfg, params, feats), x, c.sample_rate, pesq)
+            return clip_scores(inr.forward_chunked(cfg, params, feats), x, c.sample_rate, len(x) if pesq else 0)
 
     refined = fit(cfg, x, replace(base, steps=refine, lr=api.REFINE_LR), c.sample_rate,
                   init={k: v.clone() for k, v in pred_params.items()}, compile=compile)

@@ -26,7 +26,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import platformdirs
 import torch
 from safetensors import SafetensorError
@@ -121,6 +120,3 @@ def find_model(name: str | Path) -> Path:
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().float().numpy()

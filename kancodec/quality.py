@@ -33,9 +33,9 @@ import soundfile as sf
 
 from . import inr, metrics
 from .audio import atomic_path, read_audio, resample
+from .corpus import find_audio, sound_start
 from .errors import InputError, KanError, OutputError
 
-AUDIO_EXT = (".wav", ".flac", ".ogg")
 SWEEPABLE = {"n_freqs": int, "hidden": "widths", "grid": int, "order": int, "lr": float, "omega_first": float,
              "sigma": float, "scale": float, "first_bias": float}
 SHOWN = ("pesq", "lsd", "si_snr", "stoi", "snr", "psnr", "mse", "wasserstein")
@@ -72,20 +72,9 @@ class Plan:
         return {"steps": self.steps, "bits": self.bits, "sr": self.sr, "length": self.length, "seed": self.seed}
 
 
-def find_audio(data: Path) -> list[Path]:
-    if not data.is_dir():
-        raise InputError(f"{data}: not a directory; give a folder of WAV/FLAC/OGG files")
-    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in AUDIO_EXT and p.is_file())
-    if not files:
-        raise InputError(f"{data}: no .wav, .flac or .ogg files in it (searched recursively)")
-    return files
-
-
 def crop(x: np.ndarray, length: int) -> np.ndarray | None:
     """``(n,)`` -> ``(length,)`` from the first sample above 1% of the peak, or None if too short."""
-    peak = np.abs(x).max()
-    start = int(np.argmax(np.abs(x) > 0.01 * peak)) if peak > 0 else 0
-    start = max(0, min(start, len(x) - length))
+    start = max(0, min(sound_start(x), len(x) - length))
     return x[start:start + length] if len(x) >= length else None
 
 

@@ -38,13 +38,13 @@ import numpy as np
 import torch
 
 from . import __version__, inr, metrics
-from .api import Event, resolve_device
+from .api import Event, _want_compile, resolve_device
 from .audio import check_writable
 from .corpus import load_corpus, crop, val_crops
 from .errors import InputError, Interrupted, KanError
 from .fit import time_grid
 from .hyper import HyperConfig, HyperNetwork, save
-from .loss import SpectralLoss, fit_loss, si_snr
+from .loss import SpectralLoss, fit_loss, si_snr, snr
 from .modelfile import read_model, save_model, user_models_dir
 
 CHECKPOINT_KIND = "hyper-checkpoint"
@@ -132,14 +132,20 @@ def validate(model: HyperNetwork, val: torch.Tensor, feats: torch.Tensor, sr: in
         params = model(chunk)
         preds.append(inr.forward_chunked(target, params, feats))
     model.train()
-    pred = torch.cat(preds).float().cpu().numpy()
-    ref = val.float().cpu().numpy()
-    pesq = [metrics.pesq(r, p, sr) for r, p in zip(ref[:n_pesq], pred[:n_pesq])]
-    pesq = [v for v in pesq if isinstance(v, float)]
+    pred = torch.cat(preds)
     # spread: how much the prediction depends on the input (0: one network for every clip)
-    spread = float(np.sqrt(((pred - pred.mean(0)) ** 2).mean() / max((pred ** 2).mean(), 1e-12)))
-    return {"si_snr": float(si_snr(torch.from_numpy(pred), torch.from_numpy(ref)).mean()), "spread": spread,
-            "lsd": float(np.mean([metrics.lsd(r, p, sr) for r, p in zip(ref, pred)])),
+    spread = float(((pred - pred.mean(0)).square().mean() / pred.square().mean().clamp_min(1e-12)).sqrt())
+    return {**clip_scores(pred, val, sr, n_pesq), "spread": spread}
+
+
+def clip_scores(pred: torch.Tensor, ref: torch.Tensor, sr: int, n_pesq: int) -> dict:
+    """Mean SI-SNR, SNR and LSD of ``(V, N)`` predictions against references, and mean PESQ
+    over the first ``n_pesq`` (None when it cannot be computed there)."""
+    p, r = pred.float().cpu(), ref.float().cpu()
+    pesq = [metrics.pesq(a, b, sr) for a, b in zip(r.numpy()[:n_pesq], p.numpy()[:n_pesq])]
+    pesq = [v for v in pesq if isinstance(v, float)]
+    return {"si_snr": float(si_snr(p, r).mean()), "snr": float(snr(p, r).mean()),
+            "lsd": float(np.mean([metrics.lsd(a, b, sr) for a, b in zip(r.numpy(), p.numpy())])),
             "pesq": float(np.mean(pesq)) if pesq else None}
 
 
@@ -172,7 +178,8 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     output = Path(output) if output else default_output(config)
     ckpt = checkpoint_path(output)
     if rank == 0:
-        output.parent.mkdir(parents=True, exist_ok=True) if output == default_output(config) else None
+        if output == default_output(config):
+            output.parent.mkdir(parents=True, exist_ok=True)
         check_writable(output, force)
         if ckpt.exists() and not resume and not force:
             raise KanError(f"{ckpt}: a checkpoint of an earlier run is there; pass --resume to continue it "
@@ -182,7 +189,6 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     report = progress if rank == 0 else None
     corpus = load_corpus(data, config.sample_rate, config.window, settings.val_fraction, settings.split,
                          progress=(lambda i, n, name: report(Event("data", i, n, {"file": name}))) if report else None)
-    torch.manual_seed(settings.seed)
     model = HyperNetwork(config, seed=settings.seed).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start, seconds_before = _load_checkpoint(ckpt, model, opt, settings) if resume else (0, 0.0)
@@ -191,7 +197,7 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     feats = target.features(time_grid(config.window, dev))
     val = torch.from_numpy(val_crops(corpus.val, config.window, settings.val_clips)).to(dev)
     spectral = SpectralLoss(config.sample_rate)
-    use_compile = settings.steps >= 200 if compile == "auto" else bool(compile)
+    use_compile = _want_compile(compile, settings.steps)
     fwd = inr.forward_fn(use_compile)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     log = log_path(output)
