@@ -25,7 +25,7 @@ from ._alloc import tune_allocator
 from .audio import crossfade_weights, read_audio, resample, split_windows
 from .errors import DeviceError, InputError, KanError
 from .fit import FitProgress, FitSettings, fit, preset, preset_name as resolve_preset, time_grid
-from .kanfile import AudioInfo, KanFile, load
+from .kanfile import AEFile, AudioInfo, KanFile, load
 from .loss import si_snr, snr
 from .quant import check_bits, quantise
 
@@ -262,9 +262,13 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
     return (out / np.maximum(wsum, 1e-12)).astype(np.float32)
 
 
-def decode(kan: KanFile | str | Path, sr: int | None = None, *, device: str | torch.device | None = None,
-           compile: bool | str = "auto", progress: Callable[[Event], None] | None = None) -> tuple[np.ndarray, int]:
+def decode(kan: KanFile | AEFile | str | Path, sr: int | None = None, *, device: str | torch.device | None = None,
+           compile: bool | str = "auto", progress: Callable[[Event], None] | None = None,
+           model: str | Path | None = None) -> tuple[np.ndarray, int]:
     """Decode a ``.kan`` file (path or loaded) at any sample rate.
+
+    Files of autoencoder codes are decoded by :func:`kancodec.aecodec.decode` with the model
+    they name (or ``model``, a name or path, which must be that same model file).
 
     At or above the fitted rate the networks are evaluated on the finer time grid; below
     it they are evaluated at the fitted rate and resampled with a proper low-pass, so
@@ -279,6 +283,10 @@ def decode(kan: KanFile | str | Path, sr: int | None = None, *, device: str | to
     sr = int(sr or a.sample_rate)
     if not 1000 <= sr <= 384000:
         raise KanError(f"--sr {sr}: must be between 1000 and 384000 Hz")
+    if isinstance(kf, AEFile):
+        from . import aecodec
+
+        return aecodec.decode(kf, sr, device=device, model=model)
     dev = resolve_device(device)
     n_out = round(a.frames * sr / a.sample_rate)
     params = kf.params()
@@ -328,12 +336,15 @@ def evaluate(ref: str | Path | np.ndarray, out: str | Path | np.ndarray | KanFil
     else:
         x, rate = as_array(ref, sr, "reference")
     extra = {}
-    if isinstance(out, (str, Path)) and Path(out).suffix.lower() == ".kan" or isinstance(out, KanFile):
-        kf = load(out) if not isinstance(out, KanFile) else out
-        size = file_size(out) if not isinstance(out, KanFile) else len(kf.to_bytes())
+    if isinstance(out, (str, Path)) and Path(out).suffix.lower() == ".kan" or isinstance(out, (KanFile, AEFile)):
+        kf = load(out) if isinstance(out, (str, Path)) else out
+        size = file_size(out) if isinstance(out, (str, Path)) else len(kf.to_bytes())
         kbps = size * 8 / kf.audio.duration / 1000
-        extra["kan"] = {"bytes": size, "kbps": kbps, "pcm16_kbps": kf.pcm_kbps(), "ratio_to_pcm16": kf.pcm_kbps() / kbps,
-                        "bits": kf.bits, "arch": kf.config.arch}
+        extra["kan"] = {"bytes": size, "kbps": kbps, "pcm16_kbps": kf.pcm_kbps(), "ratio_to_pcm16": kf.pcm_kbps() / kbps}
+        if isinstance(kf, KanFile):
+            extra["kan"].update(bits=kf.bits, arch=kf.config.arch)
+        else:
+            extra["kan"].update(ae=kf.config.kind, model=kf.model["name"], **kf.code)
         y, out_rate = decode(kf, sr=rate, device=device)
     elif isinstance(out, (str, Path)):
         y, out_rate = read_audio(out)

@@ -183,16 +183,30 @@ def encode(
     refine: Optional[int] = typer.Option(None, "--refine", help="With --hyper: then fit this many steps from the "
                                          "prediction (e.g. 300), at --lr (default "
                                          f"{api.REFINE_LR:g}). Better than one shot; how it compares with fitting from scratch: models/README.md."),
+    ae: Optional[str] = typer.Option(None, "--ae", metavar="MODEL", help="Code with a KAN autoencoder instead of "
+                                     "fitting: krvq (yours from train-ae, else the bundled KAN-RVQ), another model "
+                                     "name, or a .safetensors path. Low bitrate; the .kan file needs the same model to decode."),
+    codebooks: Optional[int] = typer.Option(None, "--codebooks", help="With --ae and a kvq/krvq model: codebooks to "
+                                            "keep, 1 to the model's (default all). Each adds ~0.86 kbps (bundled model)."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.
 
     With --hyper, a pretrained hypernetwork predicts the networks in one pass (seconds),
-    optionally refined with --refine N fitting steps."""
+    optionally refined with --refine N fitting steps. With --ae, a KAN autoencoder codes
+    the audio as codebook indices (or latents) at a few kbps."""
     console = Console(stderr=True, quiet=quiet)
     with _errors():
         out = output or input.with_suffix(".kan")
         check_writable(out, force)
+        if ae is not None or codebooks is not None:
+            from .cli_ae import encode_ae
+
+            given = {"--hyper": hyper, "--refine": refine, "--steps": steps, "--lr": lr, "--fit-sr": fit_sr,
+                     "--chunk": chunk, "--n-freqs": n_freqs, "--hidden": hidden, "--grid": grid, "--order": order,
+                     "--arch": None if arch == "kan" else arch, "--preset": None if preset == "auto" else preset}
+            encode_ae(console, input, out, ae, codebooks, bits, device, force, [k for k, v in given.items() if v is not None])
+            return
         use_compile = _compile_choice(compile)
         if preset not in ("auto", *PRESETS):
             raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
@@ -220,6 +234,8 @@ def decode(
     sr: Optional[int] = typer.Option(None, "--sr", help="Output sample rate (default: the original's). Any rate: "
                                      "above the fitted one the networks are evaluated on a finer grid, below it "
                                      "the output is low-passed so nothing aliases."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Autoencoder files only: the model file to decode "
+                                         "with, when it is not where kancodec looks (it must be the same model)."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Decode a .kan file to WAV or FLAC at any sample rate."""
@@ -228,7 +244,7 @@ def decode(
         out = output or input.with_suffix(".wav")
         check_output_format(out)
         check_writable(out, force)
-        y, rate = api.decode(input, sr=sr, device=device)
+        y, rate = api.decode(input, sr=sr, device=device, model=model)
         write_audio(out, y, rate, force=force)
         console.print(f"wrote {out}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz")
 
@@ -245,6 +261,10 @@ def info(
 
         kf = load(input)
         size = file_size(input)
+        if not isinstance(kf, KanFile):
+            from .cli_ae import info_ae
+
+            return info_ae(kf, size, input, as_json, quiet)
         if as_json:
             a = kf.audio
             kbps = size * 8 / a.duration / 1000
@@ -482,12 +502,16 @@ def train_hyper(
                                    compile=use_compile, progress=rep)
         finally:
             rep.close()
-        if "bytes" in summary:
-            v = summary["val"]
-            pesq = f"{v['pesq']:.2f}" if v["pesq"] is not None else "n/a"
-            console.print(f"wrote {escape(str(summary['output']))} ({summary['bytes'] / 1e6:.1f} MB) after "
-                          f"{summary['seconds'] / 60:.1f} min: validation SI-SNR {v['si_snr']:.2f} dB, "
-                          f"LSD {v['lsd']:.3f}, PESQ {pesq}", highlight=False)
+        _trained(console, summary)
+
+
+def _trained(console: Console, summary: dict) -> None:
+    if "bytes" in summary:
+        v = summary["val"]
+        pesq = f"{v['pesq']:.2f}" if v["pesq"] is not None else "n/a"
+        console.print(f"wrote {escape(str(summary['output']))} ({summary['bytes'] / 1e6:.1f} MB) after "
+                      f"{summary['seconds'] / 60:.1f} min: validation SI-SNR {v['si_snr']:.2f} dB, "
+                      f"LSD {v['lsd']:.3f}, PESQ {pesq}", highlight=False)
 
 
 bench_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -647,6 +671,9 @@ def _optional_values(argv: list[str]) -> list[str]:
             if nxt is None or nxt.startswith("-") or Path(nxt).suffix.lower() in AUDIO_EXT:
                 out[i] = f"--hyper={HYPER_DEFAULT}"
     return out
+
+
+from . import cli_ae  # noqa: E402,F401  (registers train-ae, mix, bench ae, bench toy)
 
 
 def run() -> None:

@@ -25,6 +25,22 @@ step per network and row ``R`` (the parameter's first axis, a layer input):
 value = lo + q × step (see ``quant.quantise``). The parameters a family lists in its
 ``keep_float`` (the first layer of ``siren``, ``finer`` and ``wire``; none for ``kan``) are
 always stored as float32 ``q.<name>`` without ``lo``/``step``.
+
+Autoencoder codes (``kancodec encode --ae``) use the same container with the tag
+``"kancodec-ae"`` (same version numbering) and, instead of ``inr``/``quant``:
+
+=====================  ==========================================================
+``kancodec.model``     the model's ``name``, the ``sha256`` of its file and its ``config``
+                       (``ae.AEConfig``): decoding needs that exact model
+``kancodec.audio``     ``sample_rate``, ``channels``, ``frames``, ``model_sr``,
+                       ``model_frames`` (at ``model_sr``), ``steps`` (latent frames)
+``kancodec.code``      ``{"codebooks": n}`` (vq kinds) or ``{"bits": B}`` (stored latents)
+=====================  ==========================================================
+
+Tensors: ``gain`` ``(channels,)`` float32 (each channel's peak), and ``codes``
+``(channels × n, bytes)``: each row one codebook's indices over time, bit-packed at
+``ceil(log2(codebook_size))`` bits; or ``q.latent``/``lo.latent``/``step.latent`` as above
+with one affine step per channel and latent dimension (rows of ``(latent, steps)``).
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ from .errors import FormatError, InputError, KanError
 from .quant import BITS_CHOICES, dequantise, packed_size
 
 TAG = "kancodec-inr"
+AE_TAG = "kancodec-ae"
 VERSION = 1
 PREFIX = "kancodec."
 
@@ -122,6 +139,88 @@ class KanFile:
         return self.audio.sample_rate * self.audio.channels * 16 / 1000
 
 
+@dataclass(frozen=True)
+class AEAudio:
+    """Facts about audio coded by an autoencoder."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    model_sr: int
+    model_frames: int
+    steps: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass
+class AEFile:
+    """Audio coded by an autoencoder: the model's identity, codes or latents, gains."""
+
+    model: dict  # {"name", "sha256", "config"}
+    audio: AEAudio
+    code: dict  # {"codebooks": n} or {"bits": B}
+    tensors: dict[str, np.ndarray]
+    encode: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        from .ae import AEConfig
+
+        return AEConfig(**self.model["config"])
+
+    def metadata(self) -> dict[str, str]:
+        dumps = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+        return {PREFIX + "format": AE_TAG, PREFIX + "version": str(VERSION), PREFIX + "model": dumps(self.model),
+                PREFIX + "audio": dumps(asdict(self.audio)), PREFIX + "code": dumps(self.code),
+                PREFIX + "encode": dumps(self.encode), PREFIX + "sha256": checksum(self.tensors)}
+
+    to_bytes, save, size_bytes, kbps = KanFile.to_bytes, KanFile.save, KanFile.size_bytes, KanFile.kbps
+
+    def pcm_kbps(self) -> float:
+        return self.audio.sample_rate * self.audio.channels * 16 / 1000
+
+
+def _ae_from(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> AEFile:
+    try:
+        model = _json(meta, "model", where)
+        audio = AEAudio(**_json(meta, "audio", where))
+        code = _json(meta, "code", where)
+        config = AEFile(model, audio, code, tensors).config
+        name, sha = str(model["name"]), str(model["sha256"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise FormatError(f"{where}: metadata does not describe a valid encoding ({e}); re-encode the audio") from None
+    except KanError as e:
+        raise FormatError(f"{where}: {e}") from None
+    c, a = config, audio
+    if c.quantized:
+        n = code.get("codebooks")
+        if not isinstance(n, int) or not 1 <= n <= c.codebooks:
+            raise FormatError(f"{where}: {n} codebooks, the model has {c.codebooks}; the file is damaged, re-encode it")
+        expected = {"codes": ((a.channels * n, packed_size(a.steps, c.code_bits)), "uint8")}
+    else:
+        bits = code.get("bits")
+        if bits not in BITS_CHOICES:
+            raise FormatError(f"{where}: latents at {bits} bits are not supported; the file is damaged, re-encode it")
+        n_values = c.latent * a.steps
+        expected = {"q.latent": ((a.channels, n_values), "float32") if bits == 32
+                    else ((a.channels, packed_size(n_values, bits)), "uint8")}
+        if bits != 32:
+            expected.update({f"{k}.latent": ((a.channels, c.latent), "float32") for k in ("lo", "step")})
+    expected["gain"] = ((a.channels,), "float32")
+    for key, (shape, dtype) in expected.items():
+        t = tensors.get(key)
+        if t is None or tuple(t.shape) != shape or t.dtype != np.dtype(dtype):
+            got = "missing" if t is None else f"{t.dtype}{list(t.shape)}"
+            raise FormatError(f"{where}: tensor {key} is {got}, the model needs {dtype}{list(shape)}; "
+                              "the file is damaged, re-encode it")
+    if a.channels < 1 or a.frames < 1 or a.steps < 1 or not name or len(sha) != 64:
+        raise FormatError(f"{where}: impossible audio or model facts; the file is damaged, re-encode it")
+    return AEFile(model, audio, code, tensors, _json(meta, "encode", where))
+
+
 def checksum(tensors: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
@@ -143,8 +242,9 @@ def _json(meta: dict[str, str], key: str, where: str) -> dict:
     return value
 
 
-def from_bytes(data: bytes, where: str = "<bytes>") -> KanFile:
-    """Parse and validate a ``.kan`` file's bytes; every problem raises FormatError."""
+def from_bytes(data: bytes, where: str = "<bytes>") -> "KanFile | AEFile":
+    """Parse and validate a ``.kan`` file's bytes (INR or autoencoder codes); every problem
+    raises FormatError."""
     if len(data) < 8:
         raise FormatError(f"{where}: too short to be a .kan file ({len(data)} bytes); it is truncated or not a .kan file")
     header_len = int.from_bytes(data[:8], "little")
@@ -157,13 +257,18 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> KanFile:
         raise FormatError(f"{where}: not a readable .kan file ({str(e).splitlines()[0][:80]}); "
                           "it is truncated, damaged or of another format") from None
     meta = header.get("__metadata__") or {}
-    if meta.get(PREFIX + "format") != TAG:
-        raise FormatError(f"{where}: not a kancodec file (format tag {meta.get(PREFIX + 'format')!r}, "
-                          f"expected {TAG!r}); give a file written by 'kancodec encode'")
+    tag = meta.get(PREFIX + "format")
+    if tag not in (TAG, AE_TAG):
+        raise FormatError(f"{where}: not a kancodec file (format tag {tag!r}, "
+                          f"expected {TAG!r} or {AE_TAG!r}); give a file written by 'kancodec encode'")
     version = meta.get(PREFIX + "version")
     if version != str(VERSION):
         raise FormatError(f"{where}: .kan format version {version} is not supported (this kancodec reads version "
                           f"{VERSION}); upgrade kancodec or re-encode the audio")
+    if meta.get(PREFIX + "sha256") != checksum(tensors):
+        raise FormatError(f"{where}: checksum mismatch, the file was modified or damaged; re-encode the audio")
+    if tag == AE_TAG:
+        return _ae_from(meta, tensors, where)
     try:
         config = inr.config_from_dict(_json(meta, "inr", where))
         audio = AudioInfo(**_json(meta, "audio", where))
@@ -174,8 +279,6 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> KanFile:
         raise FormatError(f"{where}: {e}") from None
     if bits not in BITS_CHOICES:
         raise FormatError(f"{where}: quantisation to {bits} bits is not supported; re-encode the audio")
-    if meta.get(PREFIX + "sha256") != checksum(tensors):
-        raise FormatError(f"{where}: checksum mismatch, the file was modified or damaged; re-encode the audio")
     kf = KanFile(config, audio, bits, tensors, _json(meta, "encode", where))
     _check_shapes(kf, where)
     return kf
@@ -205,7 +308,7 @@ def _check_shapes(kf: KanFile, where: str) -> None:
         raise FormatError(f"{where}: impossible audio facts {asdict(a)}; the file is damaged, re-encode it")
 
 
-def load(path: str | Path) -> KanFile:
+def load(path: str | Path) -> "KanFile | AEFile":
     """Read a ``.kan`` file; InputError if it is missing, FormatError if it is not valid."""
     path = Path(path)
     if not path.is_file():

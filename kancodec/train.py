@@ -1,4 +1,4 @@
-"""Training the FewSound hypernetwork (``kancodec train-hyper``).
+"""Training the FewSound hypernetwork (``kancodec train-hyper``) and the autoencoders (``train-ae``).
 
 AdamW with a one-cycle learning rate, the codec's loss (L1 + mel-STFT, as in fitting),
 random crops of a cached corpus (:mod:`kancodec.corpus`). Cheaper signal on CPU: the loss
@@ -47,8 +47,6 @@ from .hyper import HyperConfig, HyperNetwork, save
 from .loss import SpectralLoss, fit_loss, si_snr, snr
 from .modelfile import read_model, save_model, user_models_dir
 
-CHECKPOINT_KIND = "hyper-checkpoint"
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -78,8 +76,8 @@ class TrainSettings:
         return hi + (lo - hi) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def default_output(config: HyperConfig) -> Path:
-    return user_models_dir() / f"fewsound-{config.target['arch']}.safetensors"
+#: defaults of ``train-ae`` (autoencoder steps are cheap: bigger batches, shorter crops)
+AE_TRAIN = TrainSettings(steps=2000, batch=16, lr=1e-3, loss_window=8192, val_every=250, checkpoint_every=250)
 
 
 def checkpoint_path(output: Path) -> Path:
@@ -90,21 +88,21 @@ def log_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".safetensors") + ".train.jsonl")
 
 
-def _save_checkpoint(path: Path, model: HyperNetwork, opt: torch.optim.Optimizer, step: int,
+def _save_checkpoint(path: Path, kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
                      settings: TrainSettings, seconds: float) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     names = [n for n, _ in model.named_parameters()]
     for name, p in zip(names, opt.param_groups[0]["params"]):
         for key, value in opt.state.get(p, {}).items():
             tensors[f"opt.{name}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
-    save_model(path, CHECKPOINT_KIND, model.config.to_dict(), tensors,
+    save_model(path, f"{kind}-checkpoint", model.config.to_dict(), tensors,
                {"step": step, "seconds": round(seconds, 1), "settings": asdict(settings)}, force=True)
 
 
-def _load_checkpoint(path: Path, model: HyperNetwork, opt: torch.optim.Optimizer,
+def _load_checkpoint(path: Path, kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      settings: TrainSettings) -> tuple[int, float]:
     """Restore model and optimiser -> ``(step, seconds trained so far)``."""
-    config, tensors, info = read_model(path, CHECKPOINT_KIND)
+    config, tensors, info = read_model(path, f"{kind}-checkpoint")
     if config != model.config.to_dict() or info.get("settings") != json.loads(json.dumps(asdict(settings))):
         theirs = {**config, **info.get("settings", {})}
         ours = {**model.config.to_dict(), **asdict(settings)}
@@ -149,6 +147,77 @@ def clip_scores(pred: torch.Tensor, ref: torch.Tensor, sr: int, n_pesq: int) -> 
             "pesq": float(np.mean(pesq)) if pesq else None}
 
 
+class _HyperTask:
+    """What the training loop needs to train a hypernetwork."""
+
+    kind = "hyper"
+
+    def __init__(self, config: HyperConfig, settings: TrainSettings, dev: torch.device, use_compile: bool):
+        self.model = HyperNetwork(config, seed=settings.seed).to(dev)
+        self.settings, self.crop, self.val_length = settings, config.window, config.window
+        self.feats = config.inr.features(time_grid(config.window, dev))
+        self.spectral = SpectralLoss(config.sample_rate)
+        self.fwd = inr.forward_fn(use_compile)
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+
+    def loss(self, net: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        s, window = self.settings, self.crop
+        off = int(rng.integers(0, window - s.loss_window + 1))
+        with self.amp:
+            params = net(x)
+        pred = inr.forward_chunked(self.model.config.inr, params, self.feats[off:off + s.loss_window], self.fwd)
+        return fit_loss(pred, x[:, off:off + s.loss_window], self.spectral, 1.0, s.spectral_weight) / s.batch, {}
+
+    def validate(self, val: torch.Tensor) -> dict:
+        return validate(self.model, val, self.feats, self.model.config.sample_rate, self.settings.val_pesq)
+
+    def save(self, path: Path, summary: dict) -> int:
+        return save(self.model, path, summary, force=True)
+
+
+class _AETask:
+    """What the training loop needs to train an autoencoder (``kancodec.ae``): crops of
+    ``loss_window`` samples, reconstruction loss (L1 + mel-STFT) plus commitment or KL;
+    for krvq a random number of codebooks in ``quantizer_dropout`` of the steps."""
+
+    kind = "ae"
+
+    def __init__(self, config, settings: TrainSettings, dev: torch.device, use_compile: bool):
+        from .ae import AutoEncoder
+
+        self.model = AutoEncoder(config, seed=settings.seed).to(dev)
+        self.settings, self.crop, self.val_length = settings, settings.loss_window, AE_VAL_LENGTH
+        self.spectral = SpectralLoss(config.sample_rate)
+
+    def loss(self, net: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        c, s = self.model.config, self.settings
+        n = int(rng.integers(1, c.codebooks + 1)) if c.kind == "krvq" and rng.random() < c.quantizer_dropout else None
+        y, extra, stats = net(x, n)
+        return (fit_loss(y, x, self.spectral, 1.0, s.spectral_weight) + extra) / s.batch, stats
+
+    @torch.no_grad()
+    def validate(self, val: torch.Tensor) -> dict:
+        self.model.eval()
+        pred = torch.cat([self.model(chunk)[0] for chunk in val.split(8)])
+        self.model.train()
+        return clip_scores(pred, val, self.model.config.sample_rate, self.settings.val_pesq)
+
+    def save(self, path: Path, summary: dict) -> int:
+        from .ae import save as save_ae
+
+        return save_ae(self.model, path, summary, force=True)
+
+
+AE_VAL_LENGTH = 32768  # validation clips of autoencoders: 1.5 s, decoded whole
+
+
+def default_output(config) -> Path:
+    if isinstance(config, HyperConfig):
+        return user_models_dir() / f"fewsound-{config.target['arch']}.safetensors"
+    return user_models_dir() / (config.kind + ("" if config.layer == "kan" else f"-{config.layer}") + ".safetensors")
+
+
 def train_hyper(data: str | Path, output: str | Path | None = None, config: HyperConfig | None = None,
                 settings: TrainSettings | None = None, device: str | None = None, resume: bool = False,
                 force: bool = False, compile: bool | str = "auto",
@@ -161,10 +230,30 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     """
     config = config or HyperConfig()
     settings = settings or TrainSettings()
-    if settings.steps < 1 or settings.batch < 1:
-        raise KanError(f"--steps {settings.steps} / --batch {settings.batch}: both must be at least 1")
     if not 256 <= settings.loss_window <= config.window:
         raise KanError(f"--loss-window {settings.loss_window}: must be between 256 and the window ({config.window})")
+    return _train(_HyperTask, config, data, output, settings, device, resume, force, compile, progress)
+
+
+def train_ae(data: str | Path, output: str | Path | None = None, config=None,
+             settings: TrainSettings | None = None, device: str | None = None, resume: bool = False,
+             force: bool = False, progress: Callable[[Event], None] | None = None) -> dict:
+    """Train an autoencoder (:class:`kancodec.ae.AEConfig`) on the audio under ``data``;
+    as :func:`train_hyper`, with ``loss_window`` the length of the training crops."""
+    from .ae import AEConfig
+
+    config = config or AEConfig()
+    settings = settings or TrainSettings()
+    if not config.frame <= settings.loss_window <= AE_VAL_LENGTH:
+        raise KanError(f"--crop {settings.loss_window}: must be between the frame ({config.frame}) and {AE_VAL_LENGTH}")
+    return _train(_AETask, config, data, output, settings, device, resume, force, False, progress)
+
+
+def _train(task_type, config, data, output, settings: TrainSettings, device, resume: bool, force: bool,
+           compile: bool | str, progress) -> dict:
+    """The training loop shared by hypernetworks and autoencoders (see the module docstring)."""
+    if settings.steps < 1 or settings.batch < 1:
+        raise KanError(f"--steps {settings.steps} / --batch {settings.batch}: both must be at least 1")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -187,19 +276,15 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
         if resume and not ckpt.exists():
             raise InputError(f"{ckpt}: no checkpoint to resume; run without --resume")
     report = progress if rank == 0 else None
-    corpus = load_corpus(data, config.sample_rate, config.window, settings.val_fraction, settings.split,
-                         progress=(lambda i, n, name: report(Event("data", i, n, {"file": name}))) if report else None)
-    model = HyperNetwork(config, seed=settings.seed).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    start, seconds_before = _load_checkpoint(ckpt, model, opt, settings) if resume else (0, 0.0)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    target = config.inr
-    feats = target.features(time_grid(config.window, dev))
-    val = torch.from_numpy(val_crops(corpus.val, config.window, settings.val_clips)).to(dev)
-    spectral = SpectralLoss(config.sample_rate)
     use_compile = _want_compile(compile, settings.steps)
-    fwd = inr.forward_fn(use_compile)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    task = task_type(config, settings, dev, use_compile)
+    corpus = load_corpus(data, config.sample_rate, task.crop, settings.val_fraction, settings.split,
+                         progress=(lambda i, n, name: report(Event("data", i, n, {"file": name}))) if report else None)
+    model = task.model
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    start, seconds_before = _load_checkpoint(ckpt, task.kind, model, opt, settings) if resume else (0, 0.0)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    val = torch.from_numpy(val_crops(corpus.val, task.val_length, settings.val_clips)).to(dev)
     log = log_path(output)
     if rank == 0 and not resume and log.exists():
         log.unlink()
@@ -215,17 +300,14 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     try:
         for step in range(start, settings.steps):
             rng = np.random.default_rng([settings.seed, rank, step])
-            batch = np.stack([crop(corpus.train[i], config.window, rng)
+            # torch's randomness (kvae sampling, codebook restarts) is a function of the step too
+            torch.manual_seed(int(np.random.default_rng([settings.seed, rank, step, 1]).integers(2**62)))
+            batch = np.stack([crop(corpus.train[i], task.crop, rng)
                               for i in rng.integers(0, len(corpus.train), settings.batch)])
             x = torch.from_numpy(batch).to(dev)
-            off = int(rng.integers(0, config.window - settings.loss_window + 1))
             for group in opt.param_groups:
                 group["lr"] = settings.lr_at(step)
-            with amp:
-                params = net(x)
-            pred = inr.forward_chunked(target, params, feats[off:off + settings.loss_window], fwd)
-            loss = fit_loss(pred, x[:, off:off + settings.loss_window], spectral, 1.0,
-                            settings.spectral_weight) / settings.batch
+            loss, stats = task.loss(net, x, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -234,22 +316,22 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
             done, updating = step + 1, False
             loss_value = loss.item()
             if report:
-                report(Event("train", done, settings.steps, {"loss": loss_value, "lr": settings.lr_at(step)}))
+                report(Event("train", done, settings.steps, {"loss": loss_value, "lr": settings.lr_at(step), **stats}))
             if rank == 0 and (done % settings.val_every == 0 or done == settings.steps):
-                scores = validate(model, val, feats, config.sample_rate, settings.val_pesq)
+                scores = task.validate(val)
                 elapsed = seconds_before + time.perf_counter() - t0
                 with open(log, "a") as f:
                     f.write(json.dumps({"step": done, "loss": loss_value, "lr": settings.lr_at(step),
-                                        "seconds": round(elapsed, 1), **scores}) + "\n")
+                                        "seconds": round(elapsed, 1), **stats, **scores}) + "\n")
                 if report:
                     report(Event("val", done, settings.steps, scores))
             if rank == 0 and done % settings.checkpoint_every == 0 and done < settings.steps:
-                _save_checkpoint(ckpt, model, opt, done, settings, seconds_before + time.perf_counter() - t0)
+                _save_checkpoint(ckpt, task.kind, model, opt, done, settings, seconds_before + time.perf_counter() - t0)
                 if report:
                     report(Event("checkpoint", done, settings.steps, {"path": str(ckpt)}))
     except KeyboardInterrupt:
         if rank == 0 and done > start and not updating:
-            _save_checkpoint(ckpt, model, opt, done, settings, seconds_before + time.perf_counter() - t0)
+            _save_checkpoint(ckpt, task.kind, model, opt, done, settings, seconds_before + time.perf_counter() - t0)
             raise Interrupted(f"interrupted at step {done}; checkpoint saved to {ckpt}; "
                               "run the same command with --resume to continue") from None
         if ckpt.exists():
@@ -263,8 +345,8 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     summary["steps_done"] = settings.steps
     summary["final_loss"] = loss_value
     if rank == 0:
-        summary["val"] = validate(model, val, feats, config.sample_rate, settings.val_pesq)
-        summary["bytes"] = save(model, output, summary, force=True)
+        summary["val"] = task.validate(val)
+        summary["bytes"] = task.save(output, summary)
         summary["output"] = str(output)
         if ckpt.exists():
             ckpt.unlink()

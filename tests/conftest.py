@@ -48,3 +48,22 @@ def speech_wav(tmp_path: Path, speech) -> Path:
     p = tmp_path / "speech.wav"
     sf.write(p, y.T, 8000)
     return p
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KANCODEC_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def corpus(tmp_path, speech, cache) -> Path:
+    """Pieces of the demo clip in 4 speaker folders, plus one clip too short to use."""
+    x, sr = speech
+    root = tmp_path / "corpus"
+    for i in range(4):
+        (root / f"spk{i}").mkdir(parents=True)
+        for j in range(2):
+            start = (2 * i + j) * 6000
+            sf.write(root / f"spk{i}" / f"c{j}.wav", x[0, start:start + 9000 - 3000 * j], sr)
+    sf.write(root / "spk0" / "blip.wav", x[0, 30000:30500], sr)
+    return root

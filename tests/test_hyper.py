@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import kancodec
@@ -29,25 +28,6 @@ TINY_HYPER = HyperConfig(target=KANConfig(n_freqs=4, hidden=(8,), grid=5).to_dic
                          channels=(4, 8), strides=(8, 8), frame_channels=4, latent=16, theta_hidden=8, hidden=32)
 TINY_TRAIN = TrainSettings(steps=12, batch=4, lr=3e-3, loss_window=2048, val_every=6, checkpoint_every=6,
                            val_clips=3, val_pesq=0)
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KANCODEC_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture()
-def corpus(tmp_path, speech, cache) -> Path:
-    """Pieces of the demo clip in 4 speaker folders, plus one clip too short to use."""
-    x, sr = speech
-    root = tmp_path / "corpus"
-    for i in range(4):
-        (root / f"spk{i}").mkdir(parents=True)
-        for j in range(2):
-            start = (2 * i + j) * 6000
-            sf.write(root / f"spk{i}" / f"c{j}.wav", x[0, start:start + 9000 - 3000 * j], sr)
-    sf.write(root / "spk0" / "blip.wav", x[0, 30000:30500], sr)
-    return root
 
 
 def test_shapes_and_start_near_theta():
