@@ -10,6 +10,11 @@ of step ``s`` are drawn from a generator seeded with ``(seed, rank, s)``). Under
 with several processes it trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU);
 rank 0 validates, logs and saves.
 
+The loop is shared: a *task* (:class:`_HyperTask`, :class:`_AETask`) builds the model and
+gives the loss of a batch, the validation scores and the saving. Autoencoders train on
+``loss_window``-sample crops (``--crop``) decoded whole, with the commitment (vq kinds) or
+KL (kvae) term added; validation decodes 1.5 s clips with all codebooks.
+
 Choices, measured on the corpus of ``models/build_corpus.sh`` (batch 8, CPU):
 
 - Mel-STFT weight. 240 steps at peak lr 1e-3: weight 0.01 (as in fitting) and 1.0 (the

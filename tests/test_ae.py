@@ -81,7 +81,7 @@ def test_vq_codebooks_follow_data_and_restart():
     assert stats["perplexity"] > 3  # several entries in use
     # an entry nobody chooses is restarted on a latent
     vq.levels[0].embed[0] = 1e6
-    vq.levels[0].ema_count[0] = 1e-9
+    vq.levels[0].usage[0] = 1e-9
     restarts = sum(vq(z)[2]["restarts"] for _ in range(2))
     assert restarts >= 1 and float(vq.levels[0].embed[0].abs().max()) < 100
     codes = vq.encode(z.reshape(4, 64, 2), 2)
