@@ -195,3 +195,17 @@ def test_cli_encode_info_eval(trained, speech_wav, tmp_path):
     assert r.exit_code == 2 and "--codebooks needs --ae" in r.output
     r = runner.invoke(app, ["encode", str(speech_wav), "-o", str(tmp_path / "x.kan"), "--ae", str(tmp_path / "nope")])
     assert r.exit_code == 3 and "not found" in r.output and not (tmp_path / "x.kan").exists()
+
+
+def test_cli_train_ae(corpus, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["train-ae", "--data", str(corpus), "-o", str(out), "--kind", "kvq", "--frame", "64", "--hop", "32",
+            "--hidden", "16", "--latent", "4", "--grid", "4", "--codebook-size", "16", "--steps", "4", "--batch", "2",
+            "--crop", "2048", "--val-every", "2", "--checkpoint-every", "2"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "validation SI-SNR" in r.output and ae.load(out)[0].config.kind == "kvq"
+    r = runner.invoke(app, args + ["--kind", "vqgan", "--force"])
+    assert r.exit_code == 2 and "--kind 'vqgan'" in r.output
+    r = runner.invoke(app, args + ["--crop", "32", "--force"])
+    assert r.exit_code == 2 and "--crop 32" in r.output
