@@ -61,7 +61,7 @@ class AEConfig:
     commitment: float = 0.25
     quantizer_dropout: float = 0.5  # krvq: share of training batches using a random number of levels
     kl_weight: float = 1e-3  # kvae
-    latent_bits: int = 8  # kae/kvae: bits per stored latent value
+    latent_bits: int = 8  # kae/kvae: bits per stored latent value unless encode says otherwise
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -71,8 +71,13 @@ class AEConfig:
             raise KanError(f"--layer {self.layer!r}: choose one of: {', '.join(LAYERS)}")
         if self.hop < 1 or self.frame % self.hop or self.frame // self.hop < 2:
             raise KanError(f"--frame {self.frame} / --hop {self.hop}: the frame must be a multiple (2 or more) of the hop")
-        if self.latent < 1 or any(h < 1 for h in self.hidden) or self.codebook_size < 2 or self.codebooks < 1:
-            raise KanError("autoencoder sizes (--latent, --hidden, --codebooks, --codebook-size) must be positive")
+        if self.latent < 1 or any(h < 1 for h in self.hidden) or self.codebooks < 1 or self.frame < 8:
+            raise KanError("--latent, --hidden and --codebooks must be at least 1 and --frame at least 8")
+        if self.codebook_size < 2 or self.grid < 1 or not 1 <= self.order <= 5:
+            raise KanError(f"--codebook-size {self.codebook_size} / --grid {self.grid} / order {self.order}: "
+                           "need a codebook of 2 or more entries, a grid of 1 or more intervals, order 1-5")
+        if not (0 <= self.kl_weight and 0 < self.ema_decay < 1 and 0 <= self.commitment and 0 <= self.quantizer_dropout <= 1):
+            raise KanError("--kl-weight and commitment must be >= 0, ema_decay in (0, 1), quantizer_dropout in [0, 1]")
         if self.kind == "kvq" and self.codebooks != 1:
             object.__setattr__(self, "codebooks", 1)
 
@@ -84,9 +89,10 @@ class AEConfig:
     def code_bits(self) -> int:
         return math.ceil(math.log2(self.codebook_size))
 
-    def kbps(self, codebooks: int | None = None) -> float:
-        """Payload bitrate (codes or latents only; the file adds a small header)."""
-        per_frame = (codebooks or self.codebooks) * self.code_bits if self.quantized else self.latent * self.latent_bits
+    def kbps(self, codebooks: int | None = None, bits: int | None = None) -> float:
+        """Payload bitrate (codes, or latents at ``bits``; the file adds a small header)."""
+        per_frame = ((codebooks or self.codebooks) * self.code_bits if self.quantized
+                     else self.latent * (bits or self.latent_bits))
         return per_frame * self.sample_rate / self.hop / 1000
 
     def widths(self) -> tuple[int, ...]:
@@ -137,7 +143,6 @@ class AutoEncoder(nn.Module):
         super().__init__()
         self.config = c = config
         gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
         hidden = list(c.widths())
         out = 2 * c.latent if c.kind == "kvae" else c.latent
         self.encoder = _stack(c, [c.frame, *hidden, out], 1.0, gen)

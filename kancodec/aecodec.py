@@ -55,7 +55,8 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, model: str
     """Code audio with an autoencoder.
 
     Args:
-        model: a model name or path (see ``modelfile.find_model``); default the bundled KAN-RVQ.
+        model: a model name or path (see ``modelfile.find_model``); ``krvq``: the one
+            ``train-ae`` saves by default (no pretrained autoencoder ships yet).
         codebooks: vq kinds: how many codebooks to keep (1 … the model's; default all).
             Each one adds ``config.kbps(1)`` kbps.
         bits: kae/kvae: bits per stored latent value.
@@ -72,6 +73,9 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, model: str
     if c.quantized and not 1 <= n_books <= c.codebooks:
         raise KanError(f"--codebooks {n_books}: the model {path.name} has 1 to {c.codebooks}")
     check_bits(bits)
+    if c.quantized and bits != 8:
+        raise KanError(f"--bits {bits}: the model {path.name} stores codebook indices ({c.code_bits} bits each); "
+                       "choose the bitrate with --codebooks")
     start = time.perf_counter()
     z, gains, xm = _latents(m, x, sr, dev)
     channels, steps = z.shape[0], z.shape[1]
@@ -84,7 +88,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, model: str
         tensors.update(quantise({"latent": z.transpose(1, 2).cpu()}, bits))
         code = {"bits": bits}
     name = path.name.removesuffix(".safetensors")
-    af = AEFile({"name": name, "sha256": file_sha256(path), "path": str(path.resolve()), "config": c.to_dict()},
+    af = AEFile({"name": name, "sha256": file_sha256(path), "config": c.to_dict()},
                 AEAudio(sample_rate=sr, channels=channels, frames=x.shape[1], model_sr=c.sample_rate,
                         model_frames=xm.shape[1], steps=steps), code, tensors,
                 {"kancodec": __version__, "device": str(dev), "train_steps": train.get("steps_done")})
@@ -99,21 +103,16 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, model: str
 def load_model_for(af: AEFile, dev: torch.device, model: str | Path | None = None,
                    where: str = "the .kan file") -> aemod.AutoEncoder:
     """The model ``af`` was coded with, checked against the recorded SHA-256: ``model`` if
-    given, else found by name (user data folder, bundled models), else at the path it had
-    when the file was made."""
+    given, else found by name (user data folder, then bundled models)."""
     name, sha = af.model["name"], af.model["sha256"]
     try:
         path = find_model(model or name)
     except InputError as e:
-        recorded = Path(af.model["path"]) if af.model.get("path") else None
-        if model is not None or recorded is None or not recorded.is_file():
-            also = f", {recorded}" if recorded and model is None else ""
-            raise InputError(f"{where} needs the autoencoder {name!r}; {e}".replace(
-                "; give a path or train one", f"{also}; pass --model PATH")) from None
-        path = recorded
+        raise InputError(f"{where} needs the autoencoder {name!r}; {e}".replace(
+            "; give a path or train one", f"; put {name}.safetensors there or decode with --model PATH")) from None
     if file_sha256(path) != sha:
         raise FormatError(f"{where} was coded with model {name!r} (SHA-256 {sha[:12]}…), but {path} is a different "
-                          "model; decode with the model it was made with (--model PATH)")
+                          "model; decode with the model file it was made with (decode --model PATH)")
     return aemod.load(path, dev)[0]
 
 
@@ -141,6 +140,8 @@ def decode(af: AEFile, sr: int | None = None, *, device: str | torch.device | No
     dev = resolve_device(device)
     a = af.audio
     sr = int(sr or a.sample_rate)
+    if not 1000 <= sr <= 384000:
+        raise KanError(f"--sr {sr}: must be between 1000 and 384000 Hz")
     y = resample(_decode_with(load_model_for(af, dev, model), af, dev), a.model_sr, sr)
     n_out = round(a.frames * sr / a.sample_rate)
     return np.pad(y, ((0, 0), (0, max(0, n_out - y.shape[1]))))[:, :n_out].astype(np.float32), sr

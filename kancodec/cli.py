@@ -184,10 +184,10 @@ def encode(
                                          "prediction (e.g. 300), at --lr (default "
                                          f"{api.REFINE_LR:g}). Better than one shot; how it compares with fitting from scratch: models/README.md."),
     ae: Optional[str] = typer.Option(None, "--ae", metavar="MODEL", help="Code with a KAN autoencoder instead of "
-                                     "fitting: krvq (yours from train-ae, else the bundled KAN-RVQ), another model "
+                                     "fitting: krvq (the model train-ae saves by default), another model "
                                      "name, or a .safetensors path. Low bitrate; the .kan file needs the same model to decode."),
     codebooks: Optional[int] = typer.Option(None, "--codebooks", help="With --ae and a kvq/krvq model: codebooks to "
-                                            "keep, 1 to the model's (default all). Each adds ~0.86 kbps (bundled model)."),
+                                            "keep, 1 to the model's (default all). Each adds log2(codebook size) bits per frame (0.86 kbps at the defaults)."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.

@@ -30,7 +30,7 @@ def ae_summary(af: AEFile, size: int, path: Path | str | None = None) -> Table:
         ("file", str(path) if path else "-"),
         ("audio", f"{a.duration:.2f} s, {a.channels} ch, {a.sample_rate} Hz (coded at {a.model_sr} Hz)"),
         ("model", f"{af.model['name']} ({c.kind}, {c.layer} layers, SHA-256 {af.model['sha256'][:12]}…)"),
-        ("code", f"{code} per {c.hop}-sample hop, {a.steps} frames; payload {c.kbps(af.code.get('codebooks')):.2f} kbps"),
+        ("code", f"{code} per {c.hop}-sample hop, {a.steps} frames; payload {c.kbps(af.code.get('codebooks'), af.code.get('bits')):.2f} kbps"),
         ("size", f"{size:,} bytes: {kbps:.2f} kbps ({af.pcm_kbps() / kbps:.1f}x smaller than 16-bit PCM)"),
     ]
     if "snr_db" in e:
@@ -59,7 +59,7 @@ def info_ae(af: AEFile, size: int, path: Path, as_json: bool, quiet: bool) -> No
         a = af.audio
         kbps = size * 8 / a.duration / 1000
         doc = {"format": "kancodec-ae", "audio": {**a.__dict__, "duration": a.duration}, "model": af.model,
-               "code": af.code, "payload_kbps": af.config.kbps(af.code.get("codebooks")), "bytes": size,
+               "code": af.code, "payload_kbps": af.config.kbps(af.code.get("codebooks"), af.code.get("bits")), "bytes": size,
                "kbps": round(kbps, 3), "pcm16_kbps": af.pcm_kbps(), "ratio_to_pcm16": round(af.pcm_kbps() / kbps, 3),
                "encode": af.encode}
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,10 +178,8 @@ class AEFile:
                 PREFIX + "audio": dumps(asdict(self.audio)), PREFIX + "code": dumps(self.code),
                 PREFIX + "encode": dumps(self.encode), PREFIX + "sha256": checksum(self.tensors)}
 
-    to_bytes, save, size_bytes, kbps = KanFile.to_bytes, KanFile.save, KanFile.size_bytes, KanFile.kbps
-
-    def pcm_kbps(self) -> float:
-        return self.audio.sample_rate * self.audio.channels * 16 / 1000
+    to_bytes, save, size_bytes, kbps, pcm_kbps = (KanFile.to_bytes, KanFile.save, KanFile.size_bytes, KanFile.kbps,
+                                                  KanFile.pcm_kbps)
 
 
 def _ae_from(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> AEFile:
@@ -195,6 +194,14 @@ def _ae_from(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -
     except KanError as e:
         raise FormatError(f"{where}: {e}") from None
     c, a = config, audio
+    try:
+        n_frames = math.ceil((a.model_frames + c.frame - c.hop) / c.hop)
+        plausible = (a.model_sr == c.sample_rate and a.steps == n_frames and a.channels >= 1 and a.frames >= 1
+                     and abs(a.model_frames - a.frames * a.model_sr / a.sample_rate) <= 2 and len(sha) == 64 and name)
+    except (TypeError, ZeroDivisionError):
+        plausible = False
+    if not plausible:
+        raise FormatError(f"{where}: impossible audio or model facts; the file is damaged, re-encode it")
     if c.quantized:
         n = code.get("codebooks")
         if not isinstance(n, int) or not 1 <= n <= c.codebooks:
@@ -216,8 +223,6 @@ def _ae_from(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -
             got = "missing" if t is None else f"{t.dtype}{list(t.shape)}"
             raise FormatError(f"{where}: tensor {key} is {got}, the model needs {dtype}{list(shape)}; "
                               "the file is damaged, re-encode it")
-    if a.channels < 1 or a.frames < 1 or a.steps < 1 or not name or len(sha) != 64:
-        raise FormatError(f"{where}: impossible audio or model facts; the file is damaged, re-encode it")
     return AEFile(model, audio, code, tensors, _json(meta, "encode", where))
 
 

@@ -12,7 +12,8 @@ A model file is a safetensors file (no pickle). Its metadata, under the ``kancod
 =====================  ==========================================================
 
 Tensors are the model's ``state_dict`` (float16 or float32). Training checkpoints use the
-same format with kind ``"hyper-checkpoint"`` and extra ``opt.*`` tensors (AdamW state).
+same format with kind ``"hyper-checkpoint"`` or ``"ae-checkpoint"`` and extra ``opt.*`` tensors
+(AdamW state).
 
 Models are found by :func:`find_model`: an explicit path, then the user's data directory
 (``platformdirs.user_data_dir("kancodec")/models``, where training saves by default), then

@@ -194,10 +194,14 @@ class _AETask:
         self.model = AutoEncoder(config, seed=settings.seed).to(dev)
         self.settings, self.crop, self.val_length = settings, settings.loss_window, AE_VAL_LENGTH
         self.spectral = SpectralLoss(config.sample_rate)
+        self.step = 0  # the loop sets it before each loss
 
     def loss(self, net: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         c, s = self.model.config, self.settings
-        n = int(rng.integers(1, c.codebooks + 1)) if c.kind == "krvq" and rng.random() < c.quantizer_dropout else None
+        n = None
+        if c.kind == "krvq":  # every process must use the same levels (their statistics are summed): no rank here
+            pick = np.random.default_rng([s.seed, self.step, 2])
+            n = int(pick.integers(1, c.codebooks + 1)) if pick.random() < c.quantizer_dropout else None
         y, extra, stats = net(x, n)
         return (fit_loss(y, x, self.spectral, 1.0, s.spectral_weight) + extra) / s.batch, stats
 
@@ -312,6 +316,7 @@ def _train(task_type, config, data, output, settings: TrainSettings, device, res
             x = torch.from_numpy(batch).to(dev)
             for group in opt.param_groups:
                 group["lr"] = settings.lr_at(step)
+            task.step = step
             loss, stats = task.loss(net, x, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()

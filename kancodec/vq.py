@@ -39,7 +39,7 @@ class Codebook(nn.Module):
     def __init__(self, size: int, dim: int, decay: float):
         super().__init__()
         self.decay = decay
-        self.register_buffer("embed", torch.randn(size, dim))
+        self.register_buffer("embed", torch.zeros(size, dim))  # replaced by latents on the first training batch
         self.register_buffer("ema_count", torch.ones(size))
         self.register_buffer("ema_sum", self.embed.clone())
         self.register_buffer("usage", torch.ones(size))
@@ -123,9 +123,9 @@ class ResidualVQ(nn.Module):
             if self.training and not book.ready:
                 book.initialise(residual)
             idx = book.nearest(residual)
+            q = book.embed[idx]  # the entries chosen, before the EMA step moves them
             if self.training:
                 restarts += book.update(residual, idx)
-            q = book.embed[idx]
             if i == 0:
                 p = torch.bincount(idx, minlength=book.embed.shape[0]).float() / idx.numel()
                 stats["perplexity"] = float(torch.exp(-(p * (p + 1e-12).log()).sum()))

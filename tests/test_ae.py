@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from kancodec import ae, aecodec, kanfile
+from kancodec import ae, aecodec, kanfile, modelfile
 from kancodec.ae import AEConfig, AutoEncoder
 from kancodec.cli import app
-from kancodec.errors import FormatError, InputError, KanError
+from kancodec.errors import FormatError, InputError, Interrupted, KanError
 from kancodec.loss import SpectralLoss, fit_loss
 from kancodec.train import TrainSettings, log_path, train_ae
 from kancodec.vq import ResidualVQ
@@ -79,11 +79,12 @@ def test_vq_codebooks_follow_data_and_restart():
         out, commit, stats = vq(z)
     assert float((out - z).square().mean()) < 0.5 * float(z.var(0).sum())
     assert stats["perplexity"] > 3  # several entries in use
-    # an entry nobody chooses is restarted on a latent
-    vq.levels[0].embed[0] = 1e6
-    vq.levels[0].usage[0] = 1e-9
-    restarts = sum(vq(z)[2]["restarts"] for _ in range(2))
-    assert restarts >= 1 and float(vq.levels[0].embed[0].abs().max()) < 100
+    # an entry nobody chooses (far away, unused) is restarted on a latent; without the
+    # restart its EMA would keep it near 1e6
+    book = vq.levels[0]
+    book.embed[0], book.ema_sum[0], book.usage[0] = 1e6, 1e6 * book.ema_count[0], 1e-9
+    restarts = vq(z)[2]["restarts"]
+    assert restarts >= 1 and float(book.embed[0].abs().max()) < 100
     codes = vq.encode(z.reshape(4, 64, 2), 2)
     assert codes.shape == (4, 2, 64)
     frozen = vq.eval()(z)[0]  # eval mode: no EMA update; the same as encode + decode
@@ -91,13 +92,17 @@ def test_vq_codebooks_follow_data_and_restart():
 
 
 @pytest.fixture()
-def trained(tmp_path, corpus):
-    """A tiny KAN-RVQ and a tiny KAE trained for a few steps on the test corpus."""
+def trained(tmp_path, corpus, monkeypatch):
+    """A tiny KAN-RVQ and a tiny KAE trained for a few steps on the test corpus, saved in
+    (a temporary stand-in for) the user's model folder, where decoding looks them up by name."""
+    users = tmp_path / "user_models"
+    users.mkdir()
+    monkeypatch.setattr(modelfile, "user_models_dir", lambda: users)
     paths = {}
     for kind in ("krvq", "kae"):
-        out = tmp_path / f"{kind}.safetensors"
+        out = users / f"{kind}.safetensors"
         summary = train_ae(corpus, out, AEConfig(kind=kind, **TINY), TINY_TRAIN, device="cpu")
-        assert summary["steps_done"] == 8 and out.is_file() and not (tmp_path / f"{kind}.ckpt.safetensors").exists()
+        assert summary["steps_done"] == 8 and out.is_file() and not (users / f"{kind}.ckpt.safetensors").exists()
         log = [json.loads(line) for line in log_path(out).read_text().splitlines()]
         assert [r["step"] for r in log] == [4, 8] and all(np.isfinite(r["si_snr"]) for r in log)
         paths[kind] = out
@@ -119,8 +124,9 @@ def test_codes_round_trip_and_bitrate(trained, speech_wav, tmp_path):
     assert af[3].size_bytes() > af[1].size_bytes()
     # each residual codebook brings the quantised latents closer to the encoder's
     m = ae.load(trained["krvq"])[0]
-    z = m.encode(torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (1, 4000)).astype(np.float32)))
-    err = [float((m.dequantize(m.quantize(z, n)) - z).square().mean()) for n in (1, 2, 3)]
+    with torch.no_grad():
+        z = m.encode(torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (1, 4000)).astype(np.float32)))
+        err = [float((m.dequantize(m.quantize(z, n)) - z).square().mean()) for n in (1, 2, 3)]
     assert err[0] > err[1] > err[2]
     with pytest.raises(KanError, match="has 1 to 3"):
         aecodec.encode(speech_wav, model=trained["krvq"], codebooks=4, device="cpu")
@@ -146,10 +152,15 @@ def test_missing_or_different_model(trained, speech_wav, tmp_path):
     g = kanfile.load(tmp_path / "c.kan")
     with pytest.raises(FormatError, match="different model"):
         aecodec.decode(g, device="cpu", model=trained["kae"])
+    # a model of the same name in the user's folder that is not the same file: refused
     trained["krvq"].rename(tmp_path / "moved.safetensors")
+    trained["kae"].rename(trained["krvq"])
+    with pytest.raises(FormatError, match="different model"):
+        aecodec.decode(g, device="cpu")
+    trained["krvq"].unlink()
     with pytest.raises(InputError, match="needs the autoencoder 'krvq'.*looked in"):
         aecodec.decode(g, device="cpu")
-    r = runner.invoke(app, ["decode", str(tmp_path / "c.kan"), "-o", str(tmp_path / "c.wav")])
+    r = runner.invoke(app, ["decode", str(tmp_path / "c.kan"), "-o", str(tmp_path / "c.wav")], catch_exceptions=False)
     assert r.exit_code == 3 and "needs the autoencoder 'krvq'" in r.output and not (tmp_path / "c.wav").exists()
     y, _ = aecodec.decode(g, device="cpu", model=tmp_path / "moved.safetensors")  # the same file, moved
     assert y.shape[1] == sf.info(speech_wav).frames
@@ -158,9 +169,9 @@ def test_missing_or_different_model(trained, speech_wav, tmp_path):
 def test_mix_checks_and_blends(trained, speech_wav, tone_wav, tmp_path):
     with pytest.raises(KanError, match="between 0"):
         aecodec.mix(speech_wav, speech_wav, 1.5, model=trained["kae"])
+    x, _ = sf.read(speech_wav)
+    sf.write(tmp_path / "s16.wav", np.repeat(x, 2), 16000)
     with pytest.raises(InputError, match="different sample rates"):
-        x, _ = sf.read(speech_wav)
-        sf.write(tmp_path / "s16.wav", np.repeat(x, 2), 16000)
         aecodec.mix(speech_wav, tmp_path / "s16.wav", 0.5, model=trained["kae"])
     sf.write(tmp_path / "tone2.wav", 0.3 * np.sin(np.arange(2000) * 0.3), 8000)
     a, sr = aecodec.mix(speech_wav, tmp_path / "tone2.wav", 0.0, model=trained["kae"], device="cpu")
@@ -209,3 +220,35 @@ def test_cli_train_ae(corpus, tmp_path):
     assert r.exit_code == 2 and "--kind 'vqgan'" in r.output
     r = runner.invoke(app, args + ["--crop", "32", "--force"])
     assert r.exit_code == 2 and "--crop 32" in r.output
+
+
+def test_damaged_code_files_are_refused(trained, speech_wav, tmp_path):
+    f = aecodec.encode(speech_wav, model=trained["krvq"], codebooks=2, device="cpu")
+    g = kanfile.AEFile(f.model, f.audio, f.code, {**f.tensors, "codes": f.tensors["codes"][:, :-1]}, f.encode)
+    with pytest.raises(FormatError, match="tensor codes"):
+        kanfile.from_bytes(g.to_bytes())
+    bad = kanfile.AEAudio(**{**f.audio.__dict__, "steps": f.audio.steps + 5})
+    with pytest.raises(FormatError, match="impossible"):
+        kanfile.from_bytes(kanfile.AEFile(f.model, bad, f.code, f.tensors, f.encode).to_bytes())
+    with pytest.raises(FormatError, match="3 codebooks|has 3"):
+        kanfile.from_bytes(kanfile.AEFile(f.model, f.audio, {"codebooks": 4}, f.tensors, f.encode).to_bytes())
+    with pytest.raises(KanError, match="--codebooks"):
+        aecodec.encode(speech_wav, model=trained["krvq"], bits=6, device="cpu")
+
+
+def test_ae_resume_is_exact(corpus, tmp_path):
+    """A krvq run interrupted at step 6 and resumed equals an uninterrupted one (codebooks,
+    restarts and quantiser dropout included)."""
+    config, settings = AEConfig(kind="krvq", **TINY), TrainSettings(**{**TINY_TRAIN.__dict__, "steps": 10})
+    train_ae(corpus, tmp_path / "a.safetensors", config, settings, device="cpu")
+
+    def stop(ev):
+        if ev.stage == "train" and ev.done == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="step 6"):
+        train_ae(corpus, tmp_path / "b.safetensors", config, settings, device="cpu", progress=stop)
+    train_ae(corpus, tmp_path / "b.safetensors", config, settings, device="cpu", resume=True)
+    a, b = ae.load(tmp_path / "a.safetensors")[0].state_dict(), ae.load(tmp_path / "b.safetensors")[0].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
