@@ -182,7 +182,7 @@ def bench_ae(
 @bench_app.command("toy")
 def bench_toy(
     steps: int = typer.Option(3000, "--steps", help="Training steps per model and seed."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds, comma-separated."),
+    seeds: str = typer.Option("1,2,3", "--seeds", help="Seeds (positive), comma-separated."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     force: bool = FORCE,
 ) -> None:
@@ -193,7 +193,7 @@ def bench_toy(
     with _errors():
         if steps < 1:
             raise KanError("--steps must be at least 1")
-        chosen = tuple(_int_list(seeds, "--seeds", "0,1,2"))
+        chosen = tuple(_int_list(seeds, "--seeds", "1,2,3"))
         if out is not None:
             check_writable(out, force)
         console = _wide_console()

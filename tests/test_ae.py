@@ -252,3 +252,18 @@ def test_ae_resume_is_exact(corpus, tmp_path):
     a, b = ae.load(tmp_path / "a.safetensors")[0].state_dict(), ae.load(tmp_path / "b.safetensors")[0].state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_bench_ae_and_toy(trained, corpus):
+    from kancodec.aebench import run_ae_bench, run_toy
+
+    result = run_ae_bench(corpus, [str(trained["krvq"])], clips=2, length=8192, opus=(8,), device="cpu", log=lambda m: None)
+    rows = result["rows"]
+    assert [r["codebooks"] for r in rows] == [1, 2, 3, None] and rows[-1]["codec"] == "opus"
+    vq = rows[:3]
+    assert vq[0]["payload_kbps"] < vq[1]["payload_kbps"] < vq[2]["payload_kbps"]
+    assert vq[0]["file_kbps"] < vq[1]["file_kbps"] < vq[2]["file_kbps"]
+    assert all(np.isfinite(r["si_snr"]) and np.isfinite(r["lsd"]) for r in rows)
+    toy = run_toy(steps=5, seeds=(1,), log=lambda m: None)
+    assert len(toy["kan"]) == len(toy["mlp"]) == 1 and np.isfinite(toy["kan"][0] + toy["mlp"][0])
+    assert abs(toy["params"]["kan"] - toy["params"]["mlp"]) / toy["params"]["kan"] < 0.02
