@@ -81,8 +81,12 @@ class TrainSettings:
         return hi + (lo - hi) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-#: defaults of ``train-ae`` (autoencoder steps are cheap: bigger batches, shorter crops)
-AE_TRAIN = TrainSettings(steps=2000, batch=16, lr=1e-3, loss_window=8192, val_every=250, checkpoint_every=250)
+#: defaults of ``train-ae`` (autoencoder steps are cheap: bigger batches, shorter crops). Measured
+#: on the corpus (default sizes, batch 16, validation SI-SNR of 16 held-out clips): kae after 200
+#: of 300 steps at lr 1e-3: mel weight 1.0 -14.33 dB, 0.1 -8.24 dB; 1000 steps at lr 3e-3 and
+#: mel weight 0.1: kae 7.56 dB (PESQ 1.75), krvq with all 8 codebooks 4.22 dB (PESQ 1.52).
+AE_TRAIN = TrainSettings(steps=2000, batch=16, lr=3e-3, loss_window=8192, spectral_weight=0.1, val_every=250,
+                         checkpoint_every=250)
 
 
 def checkpoint_path(output: Path) -> Path:
