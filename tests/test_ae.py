@@ -50,7 +50,8 @@ def test_config_checks():
 @pytest.mark.parametrize("kind", ae.KINDS)
 @pytest.mark.parametrize("layer", ae.LAYERS)
 def test_each_kind_learns(speech, kind, layer):
-    """Fitting 4 fixed crops: the loss falls to under half in 40 steps (measured: 3-9x in 60)."""
+    """Fitting 4 fixed crops: the loss falls to under half in 40 steps (measured after 60 steps,
+    before the VQ fixes: 3.4-9.1x lower across the 8 models)."""
     torch.manual_seed(0)
     x = torch.from_numpy(speech[0][0, 20000:28192].reshape(4, 2048).copy())
     x = x / x.abs().amax(1, keepdim=True)
