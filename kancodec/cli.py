@@ -559,11 +559,16 @@ def bench_hyper(
         console = _wide_console()
         result = run_hyper_bench(data, model, clips, refine, max_steps, device,
                                  log=lambda m: console.print(escape(m), highlight=False))
-        if out is not None:
-            from .audio import atomic_path
+        _write_json(out, result, force)
 
-            with atomic_path(out, force) as tmp:
-                tmp.write_text(json.dumps(result, indent=1))
+
+def _write_json(out: Optional[Path], result: dict, force: bool) -> None:
+    """Write a bench result to ``--json`` (atomically), when one was asked for."""
+    if out is not None:
+        from .audio import atomic_path
+
+        with atomic_path(out, force) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
 
 
 def _wide_console() -> Console:

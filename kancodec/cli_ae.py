@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .aecodec import DEFAULT_MODEL
 from .audio import check_output_format, check_writable, write_audio
-from .cli import DEVICE, FORCE, QUIET, _errors, _trained, _TrainReporter, _wide_console, app, bench_app
+from .cli import DEVICE, FORCE, QUIET, _errors, _trained, _TrainReporter, _wide_console, _write_json, app, bench_app
 from .errors import KanError
 from .kanfile import AEFile
 from .train import AE_TRAIN, TrainSettings
@@ -204,10 +204,3 @@ def bench_toy(
                           f"({result['params'][layer]:,} params)")
         _write_json(out, result, force)
 
-
-def _write_json(out: Optional[Path], result: dict, force: bool) -> None:
-    if out is not None:
-        from .audio import atomic_path
-
-        with atomic_path(out, force) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
