@@ -56,7 +56,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, model: str
 
     Args:
         model: a model name or path (see ``modelfile.find_model``); ``krvq``: the one
-            ``train-ae`` saves by default (no pretrained autoencoder ships yet).
+            ``train-ae`` saves by default (bundled in models/).
         codebooks: vq kinds: how many codebooks to keep (1 … the model's; default all).
             Each one adds ``config.kbps(1)`` kbps.
         bits: kae/kvae: bits per stored latent value.
