@@ -153,7 +153,8 @@ def bench_ae(
                                     "(e.g. --model krvq --model my-krvq-mlp.safetensors)."),
     clips: int = typer.Option(8, "--clips", help="Held-out clips."),
     length: int = typer.Option(65536, "--length", help="Samples per clip at 22.05 kHz (65536: ~3 s)."),
-    opus: str = typer.Option("6,8,12", "--opus", help="Opus bitrates (kbps) to compare with, comma-separated; '' for none."),
+    opus: str = typer.Option("8,10,12", "--opus", help="Opus bitrates (kbps) to compare with, comma-separated; "
+                             "'' for none (libsndfile's lowest Opus setting gives ~8.7 kbps files of 3 s)."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     device: str = DEVICE, force: bool = FORCE,
 ) -> None:
@@ -164,7 +165,7 @@ def bench_ae(
     with _errors():
         if clips < 1 or length < 4096:
             raise KanError("--clips must be at least 1 and --length at least 4096")
-        rates = _int_list(opus, "--opus", "6,8,12", float) if opus.strip() else []
+        rates = _int_list(opus, "--opus", "8,10,12", float) if opus.strip() else []
         if out is not None:
             check_writable(out, force)
         console = _wide_console()

@@ -147,7 +147,7 @@ def test_latents_round_trip(trained, speech_wav, tmp_path):
     assert g.encode["snr_db"] == f.encode["snr_db"] and g.model["name"] == "kae"
 
 
-def test_missing_or_different_model(trained, speech_wav, tmp_path):
+def test_missing_or_different_model(trained, speech_wav, tmp_path, monkeypatch):
     f = aecodec.encode(speech_wav, model=trained["krvq"], device="cpu")
     f.save(tmp_path / "c.kan")
     g = kanfile.load(tmp_path / "c.kan")
@@ -159,6 +159,10 @@ def test_missing_or_different_model(trained, speech_wav, tmp_path):
     with pytest.raises(FormatError, match="different model"):
         aecodec.decode(g, device="cpu")
     trained["krvq"].unlink()
+    # the bundled krvq is found next, and it is not this file either
+    with pytest.raises(FormatError, match="different model"):
+        aecodec.decode(g, device="cpu")
+    monkeypatch.setattr(modelfile, "BUNDLED_DIR", tmp_path / "no-bundled-models")
     with pytest.raises(InputError, match="needs the autoencoder 'krvq'.*looked in"):
         aecodec.decode(g, device="cpu")
     r = runner.invoke(app, ["decode", str(tmp_path / "c.kan"), "-o", str(tmp_path / "c.wav")], catch_exceptions=False)
@@ -260,7 +264,7 @@ def test_bench_ae_and_toy(trained, corpus):
 
     result = run_ae_bench(corpus, [str(trained["krvq"])], clips=2, length=8192, opus=(8,), device="cpu", log=lambda m: None)
     rows = result["rows"]
-    assert [r["codebooks"] for r in rows] == [1, 2, 3, None] and rows[-1]["codec"] == "opus"
+    assert [r["codebooks"] for r in rows] == [1, 2, 3, None] and rows[-1]["codec"] == "opus@8"
     vq = rows[:3]
     assert vq[0]["payload_kbps"] < vq[1]["payload_kbps"] < vq[2]["payload_kbps"]
     assert vq[0]["file_kbps"] < vq[1]["file_kbps"] < vq[2]["file_kbps"]
