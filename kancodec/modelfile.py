@@ -44,7 +44,7 @@ PREFIX = "kancodec."
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 #: file name -> SHA-256 of the bundled file's bytes
 BUNDLED: dict[str, str] = {
-    "fewsound-kan.safetensors": "360a6b454c1965d6e1395773c6321ba766b661ff1af2fc0808b82e65d2be6f22",
+    "fewsound-kan.safetensors": "694aae727ee01f54810ae02271f9598662491a4c86bb988445b054f425aa21a4",
     "krvq.safetensors": "7b367e40520649183932cde021bbeb1a6857197cdb49ecdb8ae40cf8a52324f1",
 }
 
