@@ -229,9 +229,8 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
     out = np.zeros((a.channels, n_out), dtype=np.float64)
     wsum = np.zeros(n_out, dtype=np.float64)
     shared = float(hop * ratio).is_integer()
-    fn = inr.forward_features
-    if _want_compile(compile, a.windows * a.channels * span / 32768, pays_from=64):
-        fn = inr.forward_fn(True)
+    use_compile = _want_compile(compile, a.windows * a.channels * span / 32768, pays_from=64)
+    fn, features = inr.forward_fn(use_compile), inr.features_fn(use_compile)
     gains = kf.gains.reshape(a.channels, a.windows)
     per_batch = max(1, int(4 * 32768 / span / a.channels)) if dev.type == "cpu" else 64
     shared_feats = None
@@ -245,10 +244,10 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
         with torch.inference_mode():
             if shared:  # every window sees the same local grid: features computed once
                 if shared_feats is None:
-                    shared_feats = inr.input_features(config, t[0])
+                    shared_feats = features(config, t[0])
                 feats = shared_feats
             else:  # (rows, span, F): row i is window ws[i % len(ws)] of channel i // len(ws)
-                feats = inr.input_features(config, t)[torch.arange(len(rows)) % len(ws)]
+                feats = features(config, t)[torch.arange(len(rows)) % len(ws)]
             y = inr.forward_chunked(config, p, feats, fn)
         y = y.reshape(a.channels, len(ws), span).cpu().double().numpy()
         for j, w in enumerate(ws):
