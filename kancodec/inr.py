@@ -229,7 +229,7 @@ class _Compiled:
             try:
                 return self.fn(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
-                warnings.warn(f"torch.compile failed ({type(e).__name__}); running uncompiled, about 3x slower")
+                warnings.warn(f"torch.compile failed ({type(e).__name__}); running uncompiled (slower: ~3x for the network)")
                 self.fn = self.base
         return self.base(*args)
 

@@ -275,7 +275,7 @@ def test_bench_ae_and_toy(trained, corpus):
 
 
 def test_bundled_krvq(speech, tmp_path, monkeypatch):
-    """``--ae krvq`` finds the bundled model; more codebooks: more kbps and better audio.
+    """``--ae krvq`` finds the bundled model and decodes through ``.kan`` bytes; more codebooks: better audio.
 
     Measured on the bundled demo clip (3 s of French speech; it is one of the model's
     training clips, so this checks the plumbing; held-out numbers are in models/README.md):
@@ -289,6 +289,5 @@ def test_bundled_krvq(speech, tmp_path, monkeypatch):
         assert af.model["name"] == "krvq" and af.model["sha256"] == modelfile.BUNDLED["krvq.safetensors"]
         y, sr_out = aecodec.decode(kanfile.from_bytes(af.to_bytes()), device="cpu")
         assert sr_out == sr and y.shape == x.shape
-        got[n] = (metrics.si_snr(x[0], y[0]), len(af.to_bytes()))
-    assert got[8][1] > got[1][1]
-    assert got[1][0] > -1.0 and got[8][0] > 5.5 and got[8][0] > got[1][0] + 4.0
+        got[n] = metrics.si_snr(x[0], y[0])
+    assert got[1] > -1.0 and got[8] > 5.5 and got[8] > got[1] + 4.0
