@@ -20,6 +20,9 @@ from .errors import KanError
 from .kanfile import AEFile
 from .train import AE_TRAIN, TrainSettings
 
+#: bench ae's Opus targets (libsndfile's lowest Opus setting gives ~8.7 kbps files of 3 s)
+OPUS_KBPS = "8,10,12"
+
 
 def ae_summary(af: AEFile, size: int, path: Path | str | None = None) -> Table:
     a, c, e = af.audio, af.config, af.encode
@@ -153,7 +156,7 @@ def bench_ae(
                                     "(e.g. --model krvq --model my-krvq-mlp.safetensors)."),
     clips: int = typer.Option(8, "--clips", help="Held-out clips."),
     length: int = typer.Option(65536, "--length", help="Samples per clip at 22.05 kHz (65536: ~3 s)."),
-    opus: str = typer.Option("8,10,12", "--opus", help="Opus bitrates (kbps) to compare with, comma-separated; "
+    opus: str = typer.Option(OPUS_KBPS, "--opus", help="Opus bitrates (kbps) to compare with, comma-separated; "
                              "'' for none (libsndfile's lowest Opus setting gives ~8.7 kbps files of 3 s)."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     device: str = DEVICE, force: bool = FORCE,
@@ -165,7 +168,7 @@ def bench_ae(
     with _errors():
         if clips < 1 or length < 4096:
             raise KanError("--clips must be at least 1 and --length at least 4096")
-        rates = _int_list(opus, "--opus", "8,10,12", float) if opus.strip() else []
+        rates = _int_list(opus, "--opus", OPUS_KBPS, float) if opus.strip() else []
         if out is not None:
             check_writable(out, force)
         console = _wide_console()

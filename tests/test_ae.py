@@ -291,3 +291,12 @@ def test_bundled_krvq(speech, tmp_path, monkeypatch):
         assert sr_out == sr and y.shape == x.shape
         got[n] = metrics.si_snr(x[0], y[0])
     assert got[1] > -1.0 and got[8] > 5.5 and got[8] > got[1] + 4.0
+
+
+def test_cli_bench_ae_bad_options(corpus, tmp_path):
+    """Bad ``bench ae`` options: one line naming the fix, exit 2, no JSON written."""
+    out = tmp_path / "rd.json"
+    r = runner.invoke(app, ["bench", "ae", str(corpus), "--opus", "0,x", "--json", str(out)])
+    assert r.exit_code == 2 and "--opus '0,x'" in r.output and "e.g. 8,10,12" in r.output and not out.exists()
+    r = runner.invoke(app, ["bench", "ae", str(corpus), "--clips", "0", "--json", str(out)])
+    assert r.exit_code == 2 and "--clips must be at least 1" in r.output and not out.exists()
