@@ -34,3 +34,17 @@ def test_old_files_decode_bit_identically(name, same_threads):
         got = {"sr": sr, "shape": list(y.shape), "dtype": str(y.dtype),
                "sha256": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()}
         assert got == want, f"{name} at {rate}"
+
+
+INFO = json.loads((DATA / "info.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(INFO))
+def test_old_files_info_json_unchanged(name):
+    from typer.testing import CliRunner
+
+    from kancodec.cli import app
+
+    res = CliRunner().invoke(app, ["info", "--json", str(DATA / name)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == INFO[name]
