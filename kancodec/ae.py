@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FormatError, KanError
+from .errors import FormatError, KanError, OptionError
 from .kan import init_kan_layer, kan_features, kan_weight
-from .modelfile import find_model, read_model, save_model
+from .modelfile import ModelRef, open_model, save_model
 from .vq import ResidualVQ
 
 KINDS = ("kae", "kvae", "kvq", "krvq")
@@ -66,18 +65,22 @@ class AEConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.kind not in KINDS:
-            raise KanError(f"--kind {self.kind!r}: choose one of: {', '.join(KINDS)}")
+            raise OptionError(f"{{kind}} {self.kind!r}: choose one of: {', '.join(KINDS)}", "kind")
         if self.layer not in LAYERS:
-            raise KanError(f"--layer {self.layer!r}: choose one of: {', '.join(LAYERS)}")
+            raise OptionError(f"{{layer}} {self.layer!r}: choose one of: {', '.join(LAYERS)}", "layer")
         if self.hop < 1 or self.frame % self.hop or self.frame // self.hop < 2:
-            raise KanError(f"--frame {self.frame} / --hop {self.hop}: the frame must be a multiple (2 or more) of the hop")
+            raise OptionError(f"{{frame}} {self.frame} / {{hop}} {self.hop}: the frame must be a multiple (2 or more) "
+                              "of the hop", "frame", "hop")
         if self.latent < 1 or any(h < 1 for h in self.hidden) or self.codebooks < 1 or self.frame < 8:
-            raise KanError("--latent, --hidden and --codebooks must be at least 1 and --frame at least 8")
+            raise OptionError("{latent}, {hidden} and {codebooks} must be at least 1 and {frame} at least 8",
+                              "latent", "hidden", "codebooks", "frame")
         if self.codebook_size < 2 or self.grid < 1 or not 1 <= self.order <= 5:
-            raise KanError(f"--codebook-size {self.codebook_size} / --grid {self.grid} / order {self.order}: "
-                           "need a codebook of 2 or more entries, a grid of 1 or more intervals, order 1-5")
+            raise OptionError(f"{{codebook_size}} {self.codebook_size} / {{grid}} {self.grid} / {{order}} {self.order}: "
+                              "need a codebook of 2 or more entries, a grid of 1 or more intervals, order 1-5",
+                              "codebook_size", "grid", "order")
         if not (0 <= self.kl_weight and 0 < self.ema_decay < 1 and 0 <= self.commitment and 0 <= self.quantizer_dropout <= 1):
-            raise KanError("--kl-weight and commitment must be >= 0, ema_decay in (0, 1), quantizer_dropout in [0, 1]")
+            raise OptionError("{kl_weight} and {commitment} must be >= 0, {ema_decay} in (0, 1), {quantizer_dropout} "
+                              "in [0, 1]", "kl_weight", "commitment", "ema_decay", "quantizer_dropout")
         if self.kind == "kvq" and self.codebooks != 1:
             object.__setattr__(self, "codebooks", 1)
 
@@ -226,14 +229,13 @@ def save(model: AutoEncoder, path, train: dict | None = None, half: bool = True,
     return save_model(path, KIND, model.config.to_dict(), state, train, force)
 
 
-def load(name, device: torch.device | str = "cpu") -> tuple[AutoEncoder, dict, Path]:
-    """Find, check and load an autoencoder -> ``(model, train info, path)``."""
-    path = find_model(name)
-    config, tensors, train = read_model(path, KIND)
+def load(name, device: torch.device | str = "cpu") -> tuple[AutoEncoder, ModelRef]:
+    """Find (see :func:`modelfile.find_model`), check and load an autoencoder -> ``(model, ref)``."""
+    ref, tensors = open_model(name, KIND)
     try:
-        model = AutoEncoder(AEConfig(**config))
+        model = AutoEncoder(AEConfig(**ref.config))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except (TypeError, KanError, RuntimeError) as e:
-        raise FormatError(f"{path}: model does not match its config ({str(e).splitlines()[0][:100]}); "
+        raise FormatError(f"{ref.path}: model does not match its config ({str(e).splitlines()[0][:100]}); "
                           "retrain or restore it") from None
-    return model.to(device).eval(), train, path
+    return model.to(device).eval(), ref

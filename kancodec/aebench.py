@@ -2,7 +2,7 @@
 
 ``kancodec bench ae``: held-out crops of a corpus (the split the first model was trained
 with, so none was seen in training) are coded through the real codec path
-(:func:`kancodec.aecodec.encode` -> ``.kan`` bytes -> decode) with every number of codebooks
+(:class:`kancodec.aecodec.AECodec` -> ``.kan`` bytes -> decode) with every number of codebooks
 1 … N of each model, and through Opus (soundfile's OGG/Opus writer at 24 kHz, bitrate found
 by bisection on libsndfile's compression level) at the bitrates asked for. Scores: PESQ
 (wide band, at 16 kHz), STOI, SI-SNR, LSD (:mod:`kancodec.metrics`) against the crop at
@@ -29,6 +29,7 @@ from .ae import AEConfig, AutoEncoder
 from .ae import load as load_ae
 from .corpus import load_corpus, val_crops
 from .kanfile import from_bytes
+from .runtime import resolve_device
 from .quality import _opus
 
 SCORES = ("pesq", "stoi", "si_snr", "lsd")
@@ -47,30 +48,28 @@ def _mean(rows: list[dict]) -> dict:
 def run_ae_bench(data: str | Path, models: list[str], clips: int = 8, length: int = 65536,
                  opus: tuple[float, ...] = (8, 10, 12), device: str | None = None, log=print) -> dict:
     """-> ``{"clips", "rows": [{"codec", "model", "codebooks", "payload_kbps", "file_kbps", scores…}]}``."""
-    from .api import resolve_device
-
     device = resolve_device(device)
-    first, train, _ = load_ae(models[0], device)
+    first, first_ref = load_ae(models[0], device)
     sr = first.config.sample_rate
-    s = train.get("settings", {})
+    s = first_ref.train.get("settings", {})
     corpus = load_corpus(data, sr, length, s.get("val_fraction", 0.05), s.get("split", "auto"))
     x = val_crops(corpus.val, length, clips)
     seconds = length / sr
     log(f"{len(x)} held-out clips of {len(corpus.val)} ({corpus.split} split), {seconds:.2f} s each at {sr} Hz")
     rows = []
     for name in models:
-        model, _, path = load_ae(name, device)
+        model, ref = load_ae(name, device)
         c = model.config
         for n in range(1, c.codebooks + 1) if c.quantized else [None]:
             t0 = time.perf_counter()
             scores, sizes = [], []
             for clip in x:
-                af = aecodec.encode(clip, sr, model=path, codebooks=n, device=device)
+                af = aecodec.CODEC.encode(clip[None], sr, model=ref.path, codebooks=n, device=device)
                 data_bytes = af.to_bytes()
-                y, _ = aecodec.decode(from_bytes(data_bytes), sr, device=device, model=path)
+                y = aecodec.CODEC.decode(from_bytes(data_bytes), sr, device=device, model=ref.path)
                 scores.append(_score(clip, y[0], sr))
                 sizes.append(len(data_bytes))
-            row = {"codec": f"{c.kind}-{c.layer}", "model": path.name, "codebooks": n,
+            row = {"codec": f"{c.kind}-{c.layer}", "model": ref.path.name, "codebooks": n,
                    "payload_kbps": c.kbps(n), "file_kbps": float(np.mean(sizes)) * 8 / seconds / 1000,
                    **_mean(scores), "seconds": round(time.perf_counter() - t0, 2)}
             rows.append(row)

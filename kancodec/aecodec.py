@@ -1,42 +1,83 @@
-"""Coding audio with a trained autoencoder: ``encode --ae``, decoding its ``.kan`` files, ``mix``.
+"""The autoencoder codec (``encode --ae``), its ``.kan`` files, and ``mix``.
 
 Each channel is resampled to the model's rate, divided by its peak (stored as ``gain``) and
 encoded frame by frame. The vq kinds store codebook indices (``codebooks`` of them per frame:
 the bitrate), kae/kvae store their latents quantised like INR weights. A file names its
 model and the SHA-256 of the model file; decoding finds the model the usual way
 (:func:`~kancodec.modelfile.find_model`) and refuses a file with another digest.
+
+The files use the container (:mod:`kancodec.container`) with the tag ``"kancodec-ae"``
+(version 1) and, besides the container's own entries:
+
+=====================  ==========================================================
+``kancodec.model``     the model's ``name``, the ``sha256`` of its file and its ``config``
+                       (``ae.AEConfig``): decoding needs that exact model
+``kancodec.audio``     ``sample_rate``, ``channels``, ``frames``, ``model_sr``,
+                       ``model_frames`` (at ``model_sr``), ``steps`` (latent frames)
+``kancodec.code``      ``{"codebooks": n}`` (vq kinds) or ``{"bits": B}`` (stored latents)
+``kancodec.encode``    how it was encoded: device, seconds, SNR
+=====================  ==========================================================
+
+Tensors: ``gain`` ``(channels,)`` float32 (each channel's peak), and ``codes``
+``(channels × n, bytes)``: each row one codebook's indices over time, bit-packed at
+``ceil(log2(codebook_size))`` bits; or ``q.latent``/``lo.latent``/``step.latent`` as in INR
+files with one affine step per channel and latent dimension (rows of ``(latent, steps)``).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, container
 from . import ae as aemod
-from .audio import read_audio, resample
-from .errors import FormatError, InputError, KanError
-from .kanfile import AEAudio, AEFile
-from .loss import si_snr, snr
-from .modelfile import file_sha256, find_model
-from .quant import check_bits, dequantise, pack_bits, quantise, unpack_bits
+from .audio import SILENCE, resample
+from .codec import Encoded, bitrate, fit_length, measure
+from .errors import FormatError, InputError, KanError, OptionError
+from .quant import BITS_CHOICES, check_bits, dequantise, pack_bits, packed_size, quantise, unpack_bits
 
+TAG = "kancodec-ae"
 DEFAULT_MODEL = "krvq"
-SILENCE = 1e-6
 
 
-def _read(source: str | Path | np.ndarray, sr: int | None, what: str = "encode") -> tuple[np.ndarray, int]:
-    if isinstance(source, (str, Path)):
-        return read_audio(source)
-    if sr is None:
-        raise InputError(f"{what}: an array needs its sample rate; pass sr=")
-    x = np.atleast_2d(np.asarray(source, dtype=np.float32))
-    if x.size == 0 or not np.isfinite(x).all():
-        raise InputError(f"{what}: the array is empty or holds NaN/infinite samples")
-    return x, int(sr)
+@dataclass(frozen=True)
+class AEAudio:
+    """Facts about audio coded by an autoencoder."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    model_sr: int
+    model_frames: int
+    steps: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass
+class AEFile(Encoded):
+    """Audio coded by an autoencoder: the model's identity, codes or latents, gains."""
+
+    TAG = TAG
+    model: dict  # {"name", "sha256", "config"}
+    audio: AEAudio
+    code: dict  # {"codebooks": n} or {"bits": B}
+    tensors: dict[str, np.ndarray]
+    encode: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> aemod.AEConfig:
+        return aemod.AEConfig(**self.model["config"])
+
+    def fields(self) -> dict:
+        return {"model": self.model, "audio": asdict(self.audio), "code": self.code}
 
 
 def _latents(model: aemod.AutoEncoder, x: np.ndarray, sr: int, dev: torch.device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -48,72 +89,6 @@ def _latents(model: aemod.AutoEncoder, x: np.ndarray, sr: int, dev: torch.device
     with torch.inference_mode():
         z = model.encode(torch.from_numpy(np.ascontiguousarray(xn, dtype=np.float32)).to(dev))
     return z, gains, xm
-
-
-def encode(source: str | Path | np.ndarray, sr: int | None = None, *, model: str | Path = DEFAULT_MODEL,
-           codebooks: int | None = None, bits: int = 8, device: str | torch.device | None = None) -> AEFile:
-    """Code audio with an autoencoder.
-
-    Args:
-        model: a model name or path (see ``modelfile.find_model``); ``krvq``: the one
-            ``train-ae`` saves by default (bundled in models/).
-        codebooks: vq kinds: how many codebooks to keep (1 … the model's; default all).
-            Each one adds ``config.kbps(1)`` kbps.
-        bits: kae/kvae: bits per stored latent value.
-    """
-    from .api import resolve_device
-
-    dev = resolve_device(device)
-    x, sr = _read(source, sr)
-    m, train, path = aemod.load(model, dev)
-    c = m.config
-    if codebooks is not None and not c.quantized:
-        raise KanError(f"--codebooks: the model {path.name} is a {c.kind} (no codebooks); use a kvq/krvq model or drop it")
-    n_books = codebooks or c.codebooks
-    if c.quantized and not 1 <= n_books <= c.codebooks:
-        raise KanError(f"--codebooks {n_books}: the model {path.name} has 1 to {c.codebooks}")
-    check_bits(bits)
-    if c.quantized and bits != 8:
-        raise KanError(f"--bits {bits}: the model {path.name} stores codebook indices ({c.code_bits} bits each); "
-                       "choose the bitrate with --codebooks")
-    start = time.perf_counter()
-    z, gains, xm = _latents(m, x, sr, dev)
-    channels, steps = z.shape[0], z.shape[1]
-    tensors: dict[str, np.ndarray] = {"gain": gains}
-    if c.quantized:
-        codes = m.quantize(z, n_books).cpu().numpy().astype(np.uint32)  # (C, n, T)
-        tensors["codes"] = pack_bits(codes.reshape(channels * n_books, steps), c.code_bits)
-        code = {"codebooks": n_books}
-    else:
-        tensors.update(quantise({"latent": z.transpose(1, 2).cpu()}, bits))
-        code = {"bits": bits}
-    name = path.name.removesuffix(".safetensors")
-    af = AEFile({"name": name, "sha256": file_sha256(path), "config": c.to_dict()},
-                AEAudio(sample_rate=sr, channels=channels, frames=x.shape[1], model_sr=c.sample_rate,
-                        model_frames=xm.shape[1], steps=steps), code, tensors,
-                {"kancodec": __version__, "device": str(dev), "train_steps": train.get("steps_done")})
-    y = _decode_with(m, af, dev)
-    af.encode["seconds"] = round(time.perf_counter() - start, 3)
-    ref, out = torch.from_numpy(xm), torch.from_numpy(y)
-    af.encode["snr_db"] = round(float(snr(out, ref).mean()), 3)
-    af.encode["si_snr_db"] = round(float(si_snr(out, ref).mean()), 3)
-    return af
-
-
-def load_model_for(af: AEFile, dev: torch.device, model: str | Path | None = None,
-                   where: str = "the .kan file") -> aemod.AutoEncoder:
-    """The model ``af`` was coded with, checked against the recorded SHA-256: ``model`` if
-    given, else found by name (user data folder, then bundled models)."""
-    name, sha = af.model["name"], af.model["sha256"]
-    try:
-        path = find_model(model or name)
-    except InputError as e:
-        raise InputError(f"{where} needs the autoencoder {name!r}; {e}".replace(
-            "; give a path or train one", f"; put {name}.safetensors there or decode with --model PATH")) from None
-    if file_sha256(path) != sha:
-        raise FormatError(f"{where} was coded with model {name!r} (SHA-256 {sha[:12]}…), but {path} is a different "
-                          "model; decode with the model file it was made with (decode --model PATH)")
-    return aemod.load(path, dev)[0]
 
 
 def _decode_with(m: aemod.AutoEncoder, af: AEFile, dev: torch.device) -> np.ndarray:
@@ -132,47 +107,177 @@ def _decode_with(m: aemod.AutoEncoder, af: AEFile, dev: torch.device) -> np.ndar
     return y * af.tensors["gain"][:, None]
 
 
-def decode(af: AEFile, sr: int | None = None, *, device: str | torch.device | None = None,
-           model: str | Path | None = None) -> tuple[np.ndarray, int]:
-    """Decode autoencoder codes -> ``((C, frames) float32, sr)``; ``sr`` defaults to the original's."""
-    from .api import resolve_device
+def load_model_for(af: AEFile, dev: torch.device, model: str | Path | None = None,
+                   where: str = "the .kan file") -> aemod.AutoEncoder:
+    """The model ``af`` was coded with, checked against the recorded SHA-256: ``model`` if
+    given, else found by name (user data folder, then bundled models)."""
+    name, sha = af.model["name"], af.model["sha256"]
+    try:
+        m, ref = aemod.load(model or name, dev)
+    except InputError as e:
+        raise InputError(f"{where} needs the autoencoder {name!r}; {e}".replace(
+            "; give a path or train one", f"; put {name}.safetensors there or decode with --model PATH")) from None
+    if ref.sha256 != sha:
+        raise FormatError(f"{where} was coded with model {name!r} (SHA-256 {sha[:12]}…), but {ref.path} is a different "
+                          "model; decode with the model file it was made with (decode --model PATH)")
+    return m
 
-    dev = resolve_device(device)
-    a = af.audio
-    sr = int(sr or a.sample_rate)
-    if not 1000 <= sr <= 384000:
-        raise KanError(f"--sr {sr}: must be between 1000 and 384000 Hz")
-    y = resample(_decode_with(load_model_for(af, dev, model), af, dev), a.model_sr, sr)
-    n_out = round(a.frames * sr / a.sample_rate)
-    return np.pad(y, ((0, 0), (0, max(0, n_out - y.shape[1]))))[:, :n_out].astype(np.float32), sr
+
+class AECodec:
+    """A trained autoencoder's codes (or latents); files tagged ``kancodec-ae``."""
+
+    tag = TAG
+    file_type = AEFile
+
+    def encode(self, x: np.ndarray, sr: int, *, model: str | Path = DEFAULT_MODEL, codebooks: int | None = None,
+               bits: int = 8, device: torch.device, **_) -> AEFile:
+        """Code ``(C, T)`` audio at ``sr``.
+
+        Args:
+            model: a model name or path (see ``modelfile.find_model``); ``krvq``: the one
+                ``train-ae`` saves by default (bundled with kancodec).
+            codebooks: vq kinds: how many codebooks to keep (1 … the model's; default all).
+                Each one adds ``config.kbps(1)`` kbps.
+            bits: kae/kvae: bits per stored latent value.
+        """
+        m, ref = aemod.load(model, device)
+        c = m.config
+        if codebooks is not None and not c.quantized:
+            raise OptionError(f"{{codebooks}}: the model {ref.path.name} is a {c.kind} (no codebooks); use a kvq/krvq "
+                              "model or drop it", "codebooks")
+        n_books = codebooks or c.codebooks
+        if c.quantized and not 1 <= n_books <= c.codebooks:
+            raise OptionError(f"{{codebooks}} {n_books}: the model {ref.path.name} has 1 to {c.codebooks}", "codebooks")
+        check_bits(bits)
+        if c.quantized and bits != 8:
+            raise OptionError(f"{{bits}} {bits}: the model {ref.path.name} stores codebook indices ({c.code_bits} bits "
+                              "each); choose the bitrate with {codebooks}", "bits", "codebooks")
+        start = time.perf_counter()
+        z, gains, xm = _latents(m, x, sr, device)
+        channels, steps = z.shape[0], z.shape[1]
+        tensors: dict[str, np.ndarray] = {"gain": gains}
+        if c.quantized:
+            codes = m.quantize(z, n_books).cpu().numpy().astype(np.uint32)  # (C, n, T)
+            tensors["codes"] = pack_bits(codes.reshape(channels * n_books, steps), c.code_bits)
+            code = {"codebooks": n_books}
+        else:
+            tensors.update(quantise({"latent": z.transpose(1, 2).cpu()}, bits))
+            code = {"bits": bits}
+        af = AEFile({"name": ref.name, "sha256": ref.sha256, "config": c.to_dict()},
+                    AEAudio(sample_rate=sr, channels=channels, frames=x.shape[1], model_sr=c.sample_rate,
+                            model_frames=xm.shape[1], steps=steps), code, tensors,
+                    {"kancodec": __version__, "device": str(device), "train_steps": ref.train.get("steps_done")})
+        y = _decode_with(m, af, device)
+        af.encode["seconds"] = round(time.perf_counter() - start, 3)
+        af.encode.update(measure(y, xm))
+        return af
+
+    def decode(self, af: AEFile, sr: int, *, device: torch.device, model: str | Path | None = None, **_) -> np.ndarray:
+        """``(C, round(frames × sr / sample_rate))`` float32; ``model`` overrides where the model is found."""
+        a = af.audio
+        y = resample(_decode_with(load_model_for(af, device, model), af, device), a.model_sr, sr)
+        return fit_length(y, round(a.frames * sr / a.sample_rate)).astype(np.float32)
+
+    def from_container(self, meta, tensors, where: str) -> AEFile:
+        return _from_container(meta, tensors, where)
+
+    def describe(self, af: AEFile, size: int) -> dict:
+        a = af.audio
+        return {"format": TAG, "audio": {**a.__dict__, "duration": a.duration}, "model": af.model, "code": af.code,
+                "payload_kbps": af.config.kbps(af.code.get("codebooks"), af.code.get("bits")), **bitrate(size, af),
+                "encode": af.encode}
+
+    def summary(self, af: AEFile, size: int) -> list[tuple[str, str]]:
+        a, c, e = af.audio, af.config, af.encode
+        kbps = size * 8 / a.duration / 1000
+        code = (f"{af.code['codebooks']} of {c.codebooks} codebooks x {c.codebook_size} entries ({c.code_bits} bits each)"
+                if c.quantized else f"{c.latent} latents at {af.code['bits']} bits")
+        rows = [
+            ("audio", f"{a.duration:.2f} s, {a.channels} ch, {a.sample_rate} Hz (coded at {a.model_sr} Hz)"),
+            ("model", f"{af.model['name']} ({c.kind}, {c.layer} layers, SHA-256 {af.model['sha256'][:12]}…)"),
+            ("code", f"{code} per {c.hop}-sample hop, {a.steps} frames; payload "
+                     f"{c.kbps(af.code.get('codebooks'), af.code.get('bits')):.2f} kbps"),
+            ("size", f"{size:,} bytes: {kbps:.2f} kbps ({af.pcm_kbps() / kbps:.1f}x smaller than 16-bit PCM)"),
+        ]
+        if "snr_db" in e:
+            rows.append(("quality", f"SNR {e['snr_db']:.2f} dB, SI-SNR {e['si_snr_db']:.2f} dB "
+                                    f"(decoded vs input at {a.model_sr} Hz)"))
+        return rows
+
+    def brief(self, af: AEFile) -> dict:
+        c = af.config
+        code = f"{af.code['codebooks']} codebooks" if "codebooks" in af.code else f"{af.code['bits']}-bit latents"
+        return {"label": f"{c.kind} autoencoder {af.model['name']}, {code}", "ae": c.kind, "model": af.model["name"],
+                **af.code}
 
 
-def mix(a: str | Path | np.ndarray, b: str | Path | np.ndarray, ratio: float = 0.5, sr: int | None = None, *,
-        model: str | Path = DEFAULT_MODEL, device: str | torch.device | None = None) -> tuple[np.ndarray, int]:
-    """Blend two sounds in latent space: decode ``(1 - ratio) z_a + ratio z_b``.
+def _from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> AEFile:
+    try:
+        model = container.field(meta, "model", where)
+        audio = AEAudio(**container.field(meta, "audio", where))
+        code = container.field(meta, "code", where)
+        config = aemod.AEConfig(**model["config"])
+        name, sha = str(model["name"]), str(model["sha256"])
+    except FormatError:
+        raise
+    except (TypeError, KeyError, ValueError) as e:
+        raise FormatError(f"{where}: metadata does not describe a valid encoding ({e}); re-encode the audio") from None
+    except KanError as e:
+        raise FormatError(f"{where}: {e}") from None
+    c, a = config, audio
+    try:
+        n_frames = math.ceil((a.model_frames + c.frame - c.hop) / c.hop)
+        plausible = (a.model_sr == c.sample_rate and a.steps == n_frames and a.channels >= 1 and a.frames >= 1
+                     and abs(a.model_frames - a.frames * a.model_sr / a.sample_rate) <= 2 and len(sha) == 64 and name)
+    except (TypeError, ZeroDivisionError):
+        plausible = False
+    if not plausible:
+        raise FormatError(f"{where}: impossible audio or model facts; the file is damaged, re-encode it")
+    if c.quantized:
+        n = code.get("codebooks")
+        if not isinstance(n, int) or not 1 <= n <= c.codebooks:
+            raise FormatError(f"{where}: {n} codebooks, the model has {c.codebooks}; the file is damaged, re-encode it")
+        expected = {"codes": ((a.channels * n, packed_size(a.steps, c.code_bits)), "uint8")}
+    else:
+        bits = code.get("bits")
+        if bits not in BITS_CHOICES:
+            raise FormatError(f"{where}: latents at {bits} bits are not supported; the file is damaged, re-encode it")
+        n_values = c.latent * a.steps
+        expected = {"q.latent": ((a.channels, n_values), "float32") if bits == 32
+                    else ((a.channels, packed_size(n_values, bits)), "uint8")}
+        if bits != 32:
+            expected.update({f"{k}.latent": ((a.channels, c.latent), "float32") for k in ("lo", "step")})
+    expected["gain"] = ((a.channels,), "float32")
+    for key, (shape, dtype) in expected.items():
+        t = tensors.get(key)
+        if t is None or tuple(t.shape) != shape or t.dtype != np.dtype(dtype):
+            got = "missing" if t is None else f"{t.dtype}{list(t.shape)}"
+            raise FormatError(f"{where}: tensor {key} is {got}, the model needs {dtype}{list(shape)}; "
+                              "the file is damaged, re-encode it")
+    return AEFile(model, audio, code, tensors, container.field(meta, "encode", where))
 
-    Both inputs need the same sample rate and channel count; the shorter is padded with
+
+def mix(x: np.ndarray, y: np.ndarray, sr: int, ratio: float = 0.5, *, model: str | Path = DEFAULT_MODEL,
+        device: torch.device) -> np.ndarray:
+    """Blend two sounds in latent space: decode ``(1 - ratio) z_x + ratio z_y``.
+
+    Both ``(C, T)`` at ``sr`` with the same channel count; the shorter is padded with
     silence. For vq models the blended continuous latents are decoded without quantising.
-    Returns ``((C, frames) float32, sr)``.
+    Returns ``(C, max(T)) float32`` at ``sr``.
     """
-    from .api import resolve_device
-
     if not 0.0 <= ratio <= 1.0:
-        raise KanError(f"--ratio {ratio}: must be between 0 (all of A) and 1 (all of B)")
-    x, sr_a = _read(a, sr, "mix")
-    y, sr_b = _read(b, sr, "mix")
-    if sr_a != sr_b:
-        raise InputError(f"mix: the inputs have different sample rates ({sr_a} and {sr_b} Hz); resample one to the other first")
+        raise OptionError(f"{{ratio}} {ratio}: must be between 0 (all of A) and 1 (all of B)", "ratio")
     if x.shape[0] != y.shape[0]:
         raise InputError(f"mix: the inputs have {x.shape[0]} and {y.shape[0]} channels; convert one to match first")
     n = max(x.shape[1], y.shape[1])
     x, y = (np.pad(v, ((0, 0), (0, n - v.shape[1]))) for v in (x, y))
-    dev = resolve_device(device)
-    m = aemod.load(model, dev)[0]
-    za, ga, xm = _latents(m, x, sr_a, dev)
-    zb, gb, _ = _latents(m, y, sr_a, dev)
+    m = aemod.load(model, device)[0]
+    za, ga, xm = _latents(m, x, sr, device)
+    zb, gb, _ = _latents(m, y, sr, device)
     with torch.inference_mode():
         out = m.decode((1 - ratio) * za + ratio * zb, xm.shape[1]).cpu().numpy()
     out = out * ((1 - ratio) * ga + ratio * gb)[:, None]
-    out = resample(out, m.config.sample_rate, sr_a)
-    return np.pad(out, ((0, 0), (0, max(0, n - out.shape[1]))))[:, :n].astype(np.float32), sr_a
+    return fit_length(resample(out, m.config.sample_rate, sr), n).astype(np.float32)
+
+
+CODEC = AECodec()

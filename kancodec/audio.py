@@ -16,10 +16,36 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import InputError, OutputError
+from .errors import InputError, OptionError, OutputError
 
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 MIN_SR, MAX_SR = 8000, 192000
+#: output rates a decode can be asked for
+OUT_SR = (1000, 384000)
+#: windows (or channels) whose peak is below this are stored as silence (gain 0), not coded
+SILENCE = 1e-6
+
+
+def intake(source: str | Path | np.ndarray, sr: int | None, what: str = "encode") -> tuple[np.ndarray, int]:
+    """An audio path or array -> ``((C, T) float32, sample rate)``.
+
+    Arrays are ``(C, T)`` or ``(T,)`` and need ``sr``; InputError if empty or not finite.
+    """
+    if isinstance(source, (str, Path)):
+        return read_audio(source)
+    if sr is None:
+        raise InputError(f"{what}: an array needs its sample rate; pass sr=")
+    x = np.atleast_2d(np.asarray(source, dtype=np.float32))
+    if x.size == 0 or not np.isfinite(x).all():
+        raise InputError(f"{what}: the array is empty or holds NaN/infinite samples; clean it first")
+    return x, int(sr)
+
+
+def check_out_rate(sr: int) -> int:
+    """An output sample rate a decode can give, or OptionError."""
+    if not OUT_SR[0] <= sr <= OUT_SR[1]:
+        raise OptionError(f"{{sr}} {sr}: must be between {OUT_SR[0]} and {OUT_SR[1]} Hz", "sr")
+    return sr
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

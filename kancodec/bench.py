@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import inr
-from ._alloc import tune_allocator
-from .api import resolve_device
+from .runtime import resolve_device, tune_allocator
 from .fit import FitSettings, fit, time_grid
 
 N, SR = 32768, 22050
@@ -44,7 +43,7 @@ def _time_decode(cfg: inr.KANConfig, windows: int, dev: torch.device, compiled: 
     """Seconds and output samples of :func:`kancodec.decode` on a file of ``windows`` windows (whole
     path: features, networks, cross-fades), after one warm-up decode of the same file."""
     from .api import decode
-    from .kanfile import AudioInfo, KanFile
+    from .inrfile import AudioInfo, KanFile
     from .quant import quantise
 
     hop = N - 1024

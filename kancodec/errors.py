@@ -1,11 +1,40 @@
 """Error types. Every message is one line that names the problem and the fix.
 
-The CLI maps each type to an exit code (see ``cli.EXIT_CODES``).
+The CLI maps each type to an exit code (see ``cli.common.EXIT_CODES``). An
+:class:`OptionError` names the parameters it is about as ``{name}`` fields: the library's
+message shows the parameter names (``refine needs hyper``), the CLI shows its flags
+(``--refine needs --hyper``), so neither speaks the other's language.
 """
+
+from __future__ import annotations
+
+import re
+from typing import Callable
 
 
 class KanError(Exception):
     """Base class: a problem the user can fix (bad input, bad option)."""
+
+
+class OptionError(KanError):
+    """A parameter (an option on the command line) has a value that cannot work.
+
+    Args:
+        template: the message, with ``{name}`` where a parameter is named; other braces
+            are left alone.
+        names: the parameters named in ``template``.
+    """
+
+    def __init__(self, template: str, *names: str):
+        self.template, self.names = template, names
+        super().__init__(self.render(lambda name: name))
+
+    def render(self, flag: Callable[[str], str]) -> str:
+        """The message with each parameter ``name`` written as ``flag(name)``."""
+        if not self.names:
+            return self.template
+        pattern = re.compile(r"\{(" + "|".join(map(re.escape, self.names)) + r")\}")
+        return pattern.sub(lambda m: flag(m.group(1)), self.template)
 
 
 class InputError(KanError):

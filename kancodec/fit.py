@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 
 from . import inr
-from ._alloc import tune_allocator
-from .errors import KanError
+from .errors import OptionError
 from .loss import SpectralLoss, fit_loss, snr
+from .runtime import tune_allocator
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def preset_name(name: str, device: torch.device) -> str:
     if name == "auto":
         name = "standard" if device.type == "cuda" else "fast"
     if name not in PRESETS:
-        raise KanError(f"--preset {name!r}: choose one of: auto, {', '.join(PRESETS)}")
+        raise OptionError(f"{{preset_name}} {name!r}: choose one of: auto, {', '.join(PRESETS)}", "preset_name")
     return name
 
 
@@ -77,7 +77,7 @@ def preset(name: str, device: torch.device, config: inr.INR | None = None) -> Fi
     the KAN uses the preset's."""
     name = preset_name(name, device)
     settings = PRESETS[name]
-    if config is not None and config.arch != "kan":
+    if config is not None and not config.preset_lr:
         settings = replace(settings, lr=config.lr)
     return replace(settings)
 

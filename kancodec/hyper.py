@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from . import inr
-from .errors import FormatError, KanError
+from .errors import FormatError, KanError, OptionError
 from .loss import mel_filterbank
-from .modelfile import find_model, read_model, save_model
+from .modelfile import ModelRef, open_model, save_model
 
 MODES = ("fewsound", "hypersound")
 ENCODERS = ("conv", "spectral")
-TARGETS = ("kan", "nerf")
+#: INR families a hypernetwork can predict (those whose config says ``hyper_target``)
+TARGETS = tuple(a for a, cls in inr.INR_CONFIGS.items() if cls.hyper_target)
 KIND = "hyper"
 
 
@@ -51,11 +52,11 @@ class HyperConfig:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         if self.mode not in MODES:
-            raise KanError(f"hypernetwork mode {self.mode!r}: choose one of: {', '.join(MODES)}")
+            raise OptionError(f"{{mode}} {self.mode!r}: choose one of: {', '.join(MODES)}", "mode")
         if self.encoder not in ENCODERS:
-            raise KanError(f"--encoder {self.encoder!r}: choose one of: {', '.join(ENCODERS)}")
+            raise OptionError(f"{{encoder}} {self.encoder!r}: choose one of: {', '.join(ENCODERS)}", "encoder")
         if self.target.get("arch") not in TARGETS:
-            raise KanError(f"--target {self.target.get('arch')!r}: choose one of: {', '.join(TARGETS)}")
+            raise OptionError(f"{{target}} {self.target.get('arch')!r}: choose one of: {', '.join(TARGETS)}", "target")
         if len(self.channels) != len(self.strides) or self.window % math.prod(self.strides):
             raise KanError(f"hypernetwork strides {list(self.strides)} must match channels {list(self.channels)} "
                            f"and divide the window ({self.window})")
@@ -136,17 +137,20 @@ class HyperNetwork(nn.Module):
         self.sizes = [math.prod(s) for s in self.shapes.values()]
         n = sum(self.sizes)
         gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        self.encoder = ConvEncoder(config) if config.encoder == "conv" else SpectralEncoder(config)
-        init = self.flatten(target.init(1, gen))[0]
-        width = config.latent
-        if config.mode == "fewsound":
-            self.theta = nn.Parameter(init)
-            self.g = nn.Sequential(nn.Linear(n, config.theta_hidden), nn.ELU(),
-                                   nn.Linear(config.theta_hidden, config.latent))
-            width *= 2
-        self.h = nn.Sequential(nn.Linear(width, config.hidden), nn.ELU(), nn.Linear(config.hidden, config.hidden),
-                               nn.ELU(), nn.Linear(config.hidden, n))
+        # torch's layers draw their initial weights from the global generator: seed it inside
+        # a fork so the same seed gives the same network without touching the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.encoder = ConvEncoder(config) if config.encoder == "conv" else SpectralEncoder(config)
+            init = self.flatten(target.init(1, gen))[0]
+            width = config.latent
+            if config.mode == "fewsound":
+                self.theta = nn.Parameter(init)
+                self.g = nn.Sequential(nn.Linear(n, config.theta_hidden), nn.ELU(),
+                                       nn.Linear(config.theta_hidden, config.latent))
+                width *= 2
+            self.h = nn.Sequential(nn.Linear(width, config.hidden), nn.ELU(), nn.Linear(config.hidden, config.hidden),
+                                   nn.ELU(), nn.Linear(config.hidden, n))
         last = self.h[-1]
         with torch.no_grad():
             # Start at (or near) the INR's usual initialisation: a small update of θ, or for
@@ -181,14 +185,13 @@ def save(model: HyperNetwork, path, train: dict | None = None, half: bool = True
     return save_model(path, KIND, model.config.to_dict(), state, train, force)
 
 
-def load(name="fewsound-kan", device: torch.device | str = "cpu") -> tuple[HyperNetwork, dict]:
-    """Find (see :func:`modelfile.find_model`), check and load a hypernetwork -> ``(model, train info)``."""
-    path = find_model(name)
-    config, tensors, train = read_model(path, KIND)
+def load(name="fewsound-kan", device: torch.device | str = "cpu") -> tuple[HyperNetwork, ModelRef]:
+    """Find (see :func:`modelfile.find_model`), check and load a hypernetwork -> ``(model, ref)``."""
+    ref, tensors = open_model(name, KIND)
     try:
-        model = HyperNetwork(HyperConfig(**config))
+        model = HyperNetwork(HyperConfig(**ref.config))
         model.load_state_dict({k: v.float() for k, v in tensors.items()})
     except (TypeError, KanError, RuntimeError) as e:
-        raise FormatError(f"{path}: model does not match its config ({str(e).splitlines()[0][:100]}); "
+        raise FormatError(f"{ref.path}: model does not match its config ({str(e).splitlines()[0][:100]}); "
                           "retrain or restore it") from None
-    return model.to(device).eval(), train
+    return model.to(device).eval(), ref

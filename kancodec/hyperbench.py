@@ -34,10 +34,10 @@ from .train import clip_scores
 def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: int = 300, max_steps: int = 1000,
                     device: str | None = None, compile: bool = True, log=print) -> dict:
     dev = api.resolve_device(device)
-    model, train = load(model_name, dev)
+    model, ref = load(model_name, dev)
     c = model.config
     cfg = c.inr
-    s = train.get("settings", {})
+    s = ref.train.get("settings", {})
     corpus = load_corpus(data, c.sample_rate, c.window, s.get("val_fraction", 0.05), s.get("split", "auto"))
     x = torch.from_numpy(val_crops(corpus.val, c.window, clips)).to(dev)
     log(f"{len(x)} held-out clips of {len(corpus.val)} ({corpus.split} split), {c.window} samples at {c.sample_rate} Hz")
@@ -49,7 +49,7 @@ def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: i
         one = clip_scores(inr.forward_chunked(cfg, pred_params, feats), x, c.sample_rate, len(x))
     log(f"one shot: {one}")
     base = PRESETS["standard"]
-    result = {"clips": len(x), "model": model_name, "train_steps": train.get("steps_done"), "one_shot": one,
+    result = {"clips": len(x), "model": model_name, "train_steps": ref.train.get("steps_done"), "one_shot": one,
               "predict_seconds_per_window": predict_s / len(x)}
 
     def final_scores(params, pesq=True) -> dict:

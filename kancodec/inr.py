@@ -18,54 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import KanError
+from .errors import KanError, OptionError
+from .inrbase import INR
 from .kan import init_kan_layer, kan_features, kan_layer, kan_weight, positional_encoding
-
-
-class INR:
-    """What every INR config shares (a mixin for frozen dataclasses)."""
-
-    arch: str
-    #: peak learning rate of the fast and standard presets, chosen per family from measurement
-    lr: float = 5e-2
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter shapes without the batch axis."""
-        raise NotImplementedError
-
-    @property
-    def n_params(self) -> int:
-        return sum(math.prod(s) for s in self.shapes().values())
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def compact(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The parameters worth storing; :meth:`expand` inverts it."""
-        return dict(params)
-
-    def expand(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return dict(stored)
-
-    def stored_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.shapes()
-
-    @property
-    def keep_float(self) -> frozenset[str]:
-        """Stored parameters kept in float32 whatever the bit depth (none for the KAN)."""
-        return frozenset()
-
-    def describe(self) -> str:
-        """One line for ``info``: the family and its sizes."""
-        d = self.to_dict()
-        d.pop("arch")
-        return f"{self.arch} " + " ".join(f"{k}={v}" for k, v in d.items())
+from .mlp import MLP_CONFIGS
+from .runtime import Compiled
 
 
 @dataclass(frozen=True)
@@ -82,6 +43,8 @@ class KANConfig(INR):
     order: int = 2
     grid_range: tuple[float, float] = (-1.0, 1.0)
     arch: str = field(default="kan", init=False)
+    preset_lr = True
+    hyper_target = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -151,7 +114,9 @@ class KANConfig(INR):
         return f"kan L={self.n_freqs} dims={self.dims} G={self.grid} k={self.order}"
 
 
-INR_CONFIGS: dict[str, type] = {"kan": KANConfig}
+#: every INR family by its ``arch`` name: the paper's KAN first, then its baselines
+INR_CONFIGS: dict[str, type] = {"kan": KANConfig, **MLP_CONFIGS}
+ARCHS = tuple(INR_CONFIGS)
 
 
 def config_from_dict(d: dict) -> INR:
@@ -172,13 +137,14 @@ def make_config(arch: str = "kan", **settings) -> INR:
     Raises KanError naming the valid families, or the settings that family has.
     """
     if arch not in INR_CONFIGS:
-        raise KanError(f"--arch {arch!r}: choose one of: {', '.join(INR_CONFIGS)}")
+        raise OptionError(f"{{arch}} {arch!r}: choose one of: {', '.join(INR_CONFIGS)}", "arch")
     cls = INR_CONFIGS[arch]
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     given = {k: v for k, v in settings.items() if v is not None}
     wrong = [k for k in given if k not in names]
     if wrong:
-        raise KanError(f"{', '.join(wrong)} does not apply to --arch {arch}; its settings are: {', '.join(names)}")
+        raise OptionError(", ".join("{%s}" % k for k in wrong) + f" does not apply to {{arch}} {arch}; its settings "
+                          f"are: {', '.join(names)}", "arch", *wrong)
     try:
         return cls(**given)
     except (TypeError, ValueError) as e:
@@ -210,39 +176,15 @@ def forward_features(config: INR, params: dict[str, torch.Tensor], feats: torch.
     return config.forward(params, feats)
 
 
-class _Compiled:
-    """A function (default :func:`forward_features`) through ``torch.compile``, falling back to eager for good if
-    compiling fails (no C compiler, an unsupported platform): slower, never broken."""
-
-    def __init__(self, base=None) -> None:
-        self.base = base or forward_features
-        cfg = torch._dynamo.config
-        # Every batch size and time-slice length is a new static shape; the default limit
-        # of 8 graphs would silently drop a long encode (fit, then decode) back to eager.
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), 256))
-        self.fn = torch.compile(self.base, dynamic=False)
-
-    def __call__(self, *args):
-        if self.fn is not self.base:
-            try:
-                return self.fn(*args)
-            except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
-                warnings.warn(f"torch.compile failed ({type(e).__name__}); running uncompiled (slower: ~3x for the network)")
-                self.fn = self.base
-        return self.base(*args)
-
-
 def forward_fn(use_compile: bool):
     """:func:`forward_features`, compiled when ``use_compile`` (10-30 s once per shape on CPU)."""
-    return _Compiled() if use_compile else forward_features
+    return Compiled(forward_features) if use_compile else forward_features
 
 
 def features_fn(use_compile: bool):
     """:func:`input_features`, compiled when ``use_compile``: the first layer's basis on a
     whole window's grid is ~20 ms eager on CPU, a third of a one-window decode."""
-    return _Compiled(input_features) if use_compile else input_features
+    return Compiled(input_features) if use_compile else input_features
 
 
 def forward_chunked(config: INR, params: dict[str, torch.Tensor], feats: torch.Tensor,
@@ -279,9 +221,3 @@ def expand(config: INR, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def stored_shapes(config: INR) -> dict[str, tuple[int, ...]]:
     """Shapes (without batch axis) of what :func:`compact` returns."""
     return config.stored_shapes()
-
-
-from .mlp import MLP_CONFIGS  # noqa: E402  (the baselines build on INR above)
-
-INR_CONFIGS.update(MLP_CONFIGS)
-ARCHS = tuple(INR_CONFIGS)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .errors import KanError
-from .inr import INR
+from .inrbase import INR
 from .kan import positional_encoding
 
 
@@ -108,6 +108,7 @@ class NeRFConfig(_MLP):
     hidden: tuple[int, ...] = (100, 100, 100, 100)
     arch: str = field(default="nerf", init=False)
     lr = 1e-2
+    hyper_target = True
 
     @property
     def n_inputs(self) -> int:

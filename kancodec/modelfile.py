@@ -1,14 +1,12 @@
 """Model files (hypernetworks, autoencoders), version 1: the one place where they are defined.
 
-A model file is a safetensors file (no pickle). Its metadata, under the ``kancodec.`` prefix:
+A model file is a :mod:`~kancodec.container` with the tag ``"kancodec-model"``. Its metadata
+besides the container's own:
 
 =====================  ==========================================================
-``kancodec.format``    ``"kancodec-model"``: the tag a reader checks first
-``kancodec.version``   model-file version (``"1"``), independent of the package version
 ``kancodec.kind``      what the tensors are: ``"hyper"`` (FewSound/HyperSound) or ``"ae"``
 ``kancodec.config``    the model's frozen config as JSON (sorted keys), including its target INR
 ``kancodec.train``     how it was trained: data, steps, time, device, validation metrics
-``kancodec.sha256``    SHA-256 over every tensor (as in ``.kan`` files), so damage is caught
 =====================  ==========================================================
 
 Tensors are the model's ``state_dict`` (float16 or float32). Training checkpoints use the
@@ -17,31 +15,36 @@ same format with kind ``"hyper-checkpoint"`` or ``"ae-checkpoint"`` and extra ``
 
 Models are found by :func:`find_model`: an explicit path, then the user's data directory
 (``platformdirs.user_data_dir("kancodec")/models``, where training saves by default), then
-the ``models/`` folder shipped with kancodec. Bundled models are also checked against the
-SHA-256 of their bytes recorded in :data:`BUNDLED`, so a swapped file is refused.
+the models shipped inside the package (``kancodec/models``, package data, so a wheel carries
+them). Bundled models are also checked against the SHA-256 of their bytes recorded in
+:data:`BUNDLED`, so a swapped file is refused. :func:`available_models` lists what can be found.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from . import container
 from .audio import atomic_path
 from .errors import FormatError, InputError
-from .kanfile import checksum
 
 TAG = "kancodec-model"
 VERSION = 1
-PREFIX = "kancodec."
-#: the folder shipped with kancodec (a source checkout or editable install)
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+PREFIX = container.PREFIX
+KIND = container.Kind(noun="model file", tags=(TAG,), version=VERSION, label="kancodec model",
+                      version_name="model file", unreadable="it is truncated, damaged or of another format",
+                      foreign="", upgrade="upgrade kancodec or retrain the model",
+                      damaged="the model was modified or damaged; retrain or restore it")
+#: the models shipped inside the package
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 #: file name -> SHA-256 of the bundled file's bytes
 BUNDLED: dict[str, str] = {
     "fewsound-kan.safetensors": "694aae727ee01f54810ae02271f9598662491a4c86bb988445b054f425aa21a4",
@@ -49,13 +52,25 @@ BUNDLED: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """A model file as found and checked: where it is and what it holds."""
+
+    name: str  # the file name without .safetensors
+    path: Path
+    kind: str
+    sha256: str  # of the file's bytes
+    config: dict
+    train: dict
+
+
 def user_models_dir() -> Path:
     return Path(platformdirs.user_data_dir("kancodec")) / "models"
 
 
 def _tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    return checksum({k: v.detach().cpu().contiguous().view(torch.uint8).numpy() if v.dtype == torch.bfloat16
-                     else v.detach().cpu().contiguous().numpy() for k, v in tensors.items()})
+    return container.checksum({k: v.detach().cpu().contiguous().view(torch.uint8).numpy() if v.dtype == torch.bfloat16
+                               else v.detach().cpu().contiguous().numpy() for k, v in tensors.items()})
 
 
 def save_model(path: str | Path, kind: str, config: dict, tensors: dict[str, torch.Tensor],
@@ -74,34 +89,34 @@ def save_model(path: str | Path, kind: str, config: dict, tensors: dict[str, tor
 
 def read_model(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """``(config, tensors, train)`` of a model file of ``kind``; FormatError on any problem."""
-    path = Path(path)
+    ref, tensors = _read(Path(path), kind)
+    return ref.config, tensors, ref.train
+
+
+def _read(path: Path, kind: str | None) -> tuple[ModelRef, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise InputError(f"{path}: no such model file; check the path")
     data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     expected = BUNDLED.get(path.name) if path.parent.resolve() == BUNDLED_DIR else None
-    if expected and hashlib.sha256(data).hexdigest() != expected:
+    if expected and digest != expected:
         raise FormatError(f"{path}: SHA-256 does not match the bundled model's; the file was modified or damaged, "
-                          "restore it from the kancodec sources")
+                          "reinstall kancodec")
     where = str(path)
-    try:
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-        tensors = st_load(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, ValueError, AttributeError):
-        raise FormatError(f"{where}: not a readable model file; it is truncated, damaged or of another format") from None
-    if meta.get(PREFIX + "format") != TAG:
-        raise FormatError(f"{where}: not a kancodec model (format tag {meta.get(PREFIX + 'format')!r}, expected {TAG!r})")
-    if meta.get(PREFIX + "version") != str(VERSION):
-        raise FormatError(f"{where}: model file version {meta.get(PREFIX + 'version')} is not supported (this kancodec "
-                          f"reads version {VERSION}); upgrade kancodec or retrain the model")
-    if meta.get(PREFIX + "kind") != kind:
+    _, meta, tensors = container.read(data, where, KIND, st_load, _tensor_checksum)
+    if kind is not None and meta.get(PREFIX + "kind") != kind:
         raise FormatError(f"{where}: is a {meta.get(PREFIX + 'kind')!r} model, expected a {kind!r} model")
-    if meta.get(PREFIX + "sha256") != _tensor_checksum(tensors):
-        raise FormatError(f"{where}: checksum mismatch, the model was modified or damaged; retrain or restore it")
     try:
-        return json.loads(meta[PREFIX + "config"]), tensors, json.loads(meta.get(PREFIX + "train", "{}"))
+        config, train = json.loads(meta[PREFIX + "config"]), json.loads(meta.get(PREFIX + "train", "{}"))
     except (KeyError, json.JSONDecodeError):
         raise FormatError(f"{where}: model metadata is damaged; retrain or restore it") from None
+    return ModelRef(path.name.removesuffix(".safetensors"), path, str(meta.get(PREFIX + "kind")), digest, config,
+                    train), tensors
+
+
+def open_model(name: str | Path, kind: str) -> tuple[ModelRef, dict[str, torch.Tensor]]:
+    """Find (:func:`find_model`) and read a model of ``kind`` -> ``(ref, tensors)``."""
+    return _read(find_model(name), kind)
 
 
 def find_model(name: str | Path) -> Path:
@@ -119,6 +134,25 @@ def find_model(name: str | Path) -> Path:
                      "give a path or train one")
 
 
+def available_models() -> list[dict]:
+    """Every model file kancodec can find by name: the user's folder first (it wins a name
+    clash), then the bundled ones. Each: name, kind, bytes, sha256, where ("user" or
+    "bundled"), path, and ``shadowed`` (a user model of the same name hides it) or ``error``
+    (the file is not a readable model)."""
+    rows, seen = [], set()
+    for where, folder in (("user", user_models_dir()), ("bundled", BUNDLED_DIR)):
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            row = {"name": path.name.removesuffix(".safetensors"), "where": where, "path": str(path),
+                   "bytes": path.stat().st_size, "shadowed": path.name in seen}
+            seen.add(path.name)
+            try:
+                ref, _ = _read(path, None)
+                row.update(kind=ref.kind, sha256=ref.sha256)
+            except (FormatError, InputError) as e:
+                row.update(kind=None, sha256=None, error=str(e))
+            rows.append(row)
+    return rows
+
+
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-

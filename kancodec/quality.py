@@ -36,8 +36,22 @@ from .audio import atomic_path, read_audio, resample
 from .corpus import find_audio, sound_start
 from .errors import InputError, KanError, OutputError
 
-SWEEPABLE = {"n_freqs": int, "hidden": "widths", "grid": int, "order": int, "lr": float, "omega_first": float,
-             "sigma": float, "scale": float, "first_bias": float}
+
+
+def _sweepable() -> dict:
+    """Every INR setting a sweep can vary, from the configs themselves: numbers as their type,
+    ``hidden`` as widths; and the learning rate."""
+    out: dict = {}
+    for cls in inr.INR_CONFIGS.values():
+        default = cls()
+        for f in dataclasses.fields(cls):
+            value = getattr(default, f.name)
+            if f.init and f.name != "seed" and (f.name == "hidden" or type(value) in (int, float)):
+                out.setdefault(f.name, "widths" if f.name == "hidden" else type(value))
+    return {**out, "lr": float}
+
+
+SWEEPABLE = _sweepable()
 SHOWN = ("pesq", "lsd", "si_snr", "stoi", "snr", "psnr", "mse", "wasserstein")
 
 
@@ -286,9 +300,9 @@ def run_quality(data: Path, out: Path, plan: Plan, clips: list[Clip], device: st
 
     Returns the summary rows (see :func:`summarise`).
     """
-    from .api import _batch_size, resolve_device
+    from .runtime import batch_size, resolve_device
 
-    group = _batch_size(resolve_device(device), plan.length)
+    group = batch_size(resolve_device(device), plan.length)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -13,14 +13,14 @@ import math
 import numpy as np
 import torch
 
-from .errors import KanError
+from .errors import OptionError
 
 BITS_CHOICES = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 32)
 
 
 def check_bits(bits: int) -> int:
     if bits not in BITS_CHOICES:
-        raise KanError(f"--bits {bits} is not supported; choose one of: {', '.join(map(str, BITS_CHOICES))}")
+        raise OptionError(f"{{bits}} {bits} is not supported; choose one of: {', '.join(map(str, BITS_CHOICES))}", "bits")
     return bits
 
 

@@ -43,14 +43,14 @@ import numpy as np
 import torch
 
 from . import __version__, inr, metrics
-from .api import Event, _want_compile, resolve_device
 from .audio import check_writable
 from .corpus import load_corpus, crop, val_crops
-from .errors import InputError, Interrupted, KanError
+from .errors import InputError, Interrupted, KanError, OptionError
 from .fit import time_grid
 from .hyper import HyperConfig, HyperNetwork, save
 from .loss import SpectralLoss, fit_loss, si_snr, snr
 from .modelfile import read_model, save_model, user_models_dir
+from .runtime import Event, resolve_device, want_compile
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
     config = config or HyperConfig()
     settings = settings or TrainSettings()
     if not 256 <= settings.loss_window <= config.window:
-        raise KanError(f"--loss-window {settings.loss_window}: must be between 256 and the window ({config.window})")
+        raise OptionError(f"{{loss_window}} {settings.loss_window}: must be between 256 and the window ({config.window})",
+                          "loss_window")
     return _train(_HyperTask, config, data, output, settings, device, resume, force, compile, progress)
 
 
@@ -258,7 +259,8 @@ def train_ae(data: str | Path, output: str | Path | None = None, config=None,
     config = config or AEConfig()
     settings = settings or TrainSettings()
     if not config.frame <= settings.loss_window <= AE_VAL_LENGTH:
-        raise KanError(f"--crop {settings.loss_window}: must be between the frame ({config.frame}) and {AE_VAL_LENGTH}")
+        raise OptionError(f"{{crop}} {settings.loss_window}: must be between the frame ({config.frame}) and "
+                          f"{AE_VAL_LENGTH}", "crop")
     return _train(_AETask, config, data, output, settings, device, resume, force, False, progress)
 
 
@@ -266,7 +268,7 @@ def _train(task_type, config, data, output, settings: TrainSettings, device, res
            compile: bool | str, progress) -> dict:
     """The training loop shared by hypernetworks and autoencoders (see the module docstring)."""
     if settings.steps < 1 or settings.batch < 1:
-        raise KanError(f"--steps {settings.steps} / --batch {settings.batch}: both must be at least 1")
+        raise OptionError(f"{{steps}} {settings.steps} / {{batch}} {settings.batch}: both must be at least 1", "steps", "batch")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -289,7 +291,7 @@ def _train(task_type, config, data, output, settings: TrainSettings, device, res
         if resume and not ckpt.exists():
             raise InputError(f"{ckpt}: no checkpoint to resume; run without --resume")
     report = progress if rank == 0 else None
-    use_compile = _want_compile(compile, settings.steps)
+    use_compile = want_compile(compile, settings.steps)
     task = task_type(config, settings, dev, use_compile)
     corpus = load_corpus(data, config.sample_rate, task.crop, settings.val_fraction, settings.split,
                          progress=(lambda i, n, name: report(Event("data", i, n, {"file": name}))) if report else None)

@@ -9,17 +9,52 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import CliRunner
 
 from kancodec.audio import read_audio, resample
+from kancodec.cli import app
 from kancodec.inr import KANConfig
 
 TINY = KANConfig(n_freqs=6, hidden=(12, 8), grid=5, order=2)
 # A tiny encode: short windows, few steps, eager (no compile), fixed seed.
 TINY_ENCODE = dict(config=TINY, chunk=2048, overlap=128, steps=30, compile=False, device="cpu", seed=0)
+# The same tiny model as encode options, so each CLI encode takes about a second on CPU.
+TINY_ARGS = ["--n-freqs", "6", "--hidden", "12,8", "--grid", "5", "--chunk", "2048", "--overlap", "128",
+             "--steps", "5", "--compile", "no", "--device", "cpu"]
 
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+runner = CliRunner()
+
+
+def cli(*args):
+    """Run the ``kancodec`` command line in-process with these arguments (any type; made strings)."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(res, code: int, *words: str):
+    """The command failed with exit ``code`` and printed exactly one ``error:`` line naming ``words``."""
+    assert res.exit_code == code, (res.exit_code, res.output, res.exception)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def interrupt_at(step: int):
+    """A training progress callback that presses Ctrl-C when training step ``step`` is done."""
+    def stop(ev):
+        if ev.stage == "train" and ev.done == step:
+            raise KeyboardInterrupt
+    return stop
+
+
+def leftovers(folder):
+    """Temporary or partial files left in a folder."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or ".part" in p.name]
 
 
 @pytest.fixture(scope="session")

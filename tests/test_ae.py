@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from typer.testing import CliRunner
 
+import kancodec
 from kancodec import ae, aecodec, kanfile, metrics, modelfile
 from kancodec.ae import AEConfig, AutoEncoder
 from kancodec.cli import app
@@ -17,11 +17,11 @@ from kancodec.errors import FormatError, InputError, Interrupted, KanError
 from kancodec.loss import SpectralLoss, fit_loss
 from kancodec.train import TrainSettings, log_path, train_ae
 from kancodec.vq import ResidualVQ
+from conftest import interrupt_at, runner
 
 TINY = dict(frame=64, hop=32, hidden=(16,), latent=4, grid=4, codebooks=3, codebook_size=16)
 TINY_TRAIN = TrainSettings(steps=8, batch=4, lr=3e-3, loss_window=2048, val_every=4, checkpoint_every=4,
                            val_clips=3, val_pesq=0)
-runner = CliRunner()
 
 
 def test_framing_is_complementary():
@@ -35,7 +35,7 @@ def test_framing_is_complementary():
 def test_config_checks():
     with pytest.raises(KanError, match="multiple"):
         AEConfig(frame=500, hop=256)
-    with pytest.raises(KanError, match="--kind"):
+    with pytest.raises(KanError, match="kind"):
         AEConfig(kind="vqvae")
     assert AEConfig(kind="kvq", codebooks=8).codebooks == 1
     # bitrate as stated: 10-bit codes, 22050/256 frames per second
@@ -111,13 +111,13 @@ def trained(tmp_path, corpus, monkeypatch):
 
 
 def test_codes_round_trip_and_bitrate(trained, speech_wav, tmp_path):
-    af = {n: aecodec.encode(speech_wav, model=trained["krvq"], codebooks=n, device="cpu") for n in (1, 3)}
+    af = {n: kancodec.encode(speech_wav, ae=trained["krvq"], codebooks=n, device="cpu") for n in (1, 3)}
     for n, f in af.items():
         p = tmp_path / f"c{n}.kan"
         size = f.save(p)
         g = kanfile.load(p)
-        assert isinstance(g, kanfile.AEFile) and g.code == {"codebooks": n}
-        y, sr = aecodec.decode(g, device="cpu")
+        assert isinstance(g, aecodec.AEFile) and g.code == {"codebooks": n}
+        y, sr = kancodec.decode(g, device="cpu")
         assert sr == 8000 and y.shape == (1, sf.info(speech_wav).frames)
         # 4-bit codes, 22050/32 frames per second: the payload is exactly n x 2.76 kbps
         assert g.tensors["codes"].nbytes == n * np.ceil(g.audio.steps * 4 / 8)
@@ -130,61 +130,61 @@ def test_codes_round_trip_and_bitrate(trained, speech_wav, tmp_path):
         err = [float((m.dequantize(m.quantize(z, n)) - z).square().mean()) for n in (1, 2, 3)]
     assert err[0] > err[1] > err[2]
     with pytest.raises(KanError, match="has 1 to 3"):
-        aecodec.encode(speech_wav, model=trained["krvq"], codebooks=4, device="cpu")
+        kancodec.encode(speech_wav, ae=trained["krvq"], codebooks=4, device="cpu")
     with pytest.raises(KanError, match="no codebooks"):
-        aecodec.encode(speech_wav, model=trained["kae"], codebooks=2, device="cpu")
+        kancodec.encode(speech_wav, ae=trained["kae"], codebooks=2, device="cpu")
 
 
 def test_latents_round_trip(trained, speech_wav, tmp_path):
-    f = aecodec.encode(speech_wav, model=trained["kae"], bits=8, device="cpu")
+    f = kancodec.encode(speech_wav, ae=trained["kae"], bits=8, device="cpu")
     f.save(tmp_path / "k.kan")
     g = kanfile.load(tmp_path / "k.kan")
-    y, sr = aecodec.decode(g, sr=16000, device="cpu")
+    y, sr = kancodec.decode(g, sr=16000, device="cpu")
     assert sr == 16000 and y.shape[1] == round(sf.info(speech_wav).frames * 2)
     # 8-bit latents decode within a few per cent of 16-bit ones
-    y16, _ = aecodec.decode(aecodec.encode(speech_wav, model=trained["kae"], bits=16, device="cpu"), sr=16000)
+    y16, _ = kancodec.decode(kancodec.encode(speech_wav, ae=trained["kae"], bits=16, device="cpu"), sr=16000)
     assert np.abs(y - y16).max() < 0.05 * np.abs(y16).max()
     assert g.encode["snr_db"] == f.encode["snr_db"] and g.model["name"] == "kae"
 
 
 def test_missing_or_different_model(trained, speech_wav, tmp_path, monkeypatch):
-    f = aecodec.encode(speech_wav, model=trained["krvq"], device="cpu")
+    f = kancodec.encode(speech_wav, ae=trained["krvq"], device="cpu")
     f.save(tmp_path / "c.kan")
     g = kanfile.load(tmp_path / "c.kan")
     with pytest.raises(FormatError, match="different model"):
-        aecodec.decode(g, device="cpu", model=trained["kae"])
+        kancodec.decode(g, device="cpu", model=trained["kae"])
     # a model of the same name in the user's folder that is not the same file: refused
     trained["krvq"].rename(tmp_path / "moved.safetensors")
     trained["kae"].rename(trained["krvq"])
     with pytest.raises(FormatError, match="different model"):
-        aecodec.decode(g, device="cpu")
+        kancodec.decode(g, device="cpu")
     trained["krvq"].unlink()
     # the bundled krvq is found next, and it is not this file either
     with pytest.raises(FormatError, match="different model"):
-        aecodec.decode(g, device="cpu")
+        kancodec.decode(g, device="cpu")
     monkeypatch.setattr(modelfile, "BUNDLED_DIR", tmp_path / "no-bundled-models")
     with pytest.raises(InputError, match="needs the autoencoder 'krvq'.*looked in"):
-        aecodec.decode(g, device="cpu")
+        kancodec.decode(g, device="cpu")
     r = runner.invoke(app, ["decode", str(tmp_path / "c.kan"), "-o", str(tmp_path / "c.wav")], catch_exceptions=False)
     assert r.exit_code == 3 and "needs the autoencoder 'krvq'" in r.output and not (tmp_path / "c.wav").exists()
-    y, _ = aecodec.decode(g, device="cpu", model=tmp_path / "moved.safetensors")  # the same file, moved
+    y, _ = kancodec.decode(g, device="cpu", model=tmp_path / "moved.safetensors")  # the same file, moved
     assert y.shape[1] == sf.info(speech_wav).frames
 
 
 def test_mix_checks_and_blends(trained, speech_wav, tone_wav, tmp_path):
     with pytest.raises(KanError, match="between 0"):
-        aecodec.mix(speech_wav, speech_wav, 1.5, model=trained["kae"])
+        kancodec.mix(speech_wav, speech_wav, 1.5, model=trained["kae"])
     x, _ = sf.read(speech_wav)
     sf.write(tmp_path / "s16.wav", np.repeat(x, 2), 16000)
     with pytest.raises(InputError, match="different sample rates"):
-        aecodec.mix(speech_wav, tmp_path / "s16.wav", 0.5, model=trained["kae"])
+        kancodec.mix(speech_wav, tmp_path / "s16.wav", 0.5, model=trained["kae"])
     sf.write(tmp_path / "tone2.wav", 0.3 * np.sin(np.arange(2000) * 0.3), 8000)
-    a, sr = aecodec.mix(speech_wav, tmp_path / "tone2.wav", 0.0, model=trained["kae"], device="cpu")
-    b, _ = aecodec.mix(speech_wav, tmp_path / "tone2.wav", 1.0, model=trained["kae"], device="cpu")
-    h, _ = aecodec.mix(speech_wav, tmp_path / "tone2.wav", 0.5, model=trained["kae"], device="cpu")
+    a, sr = kancodec.mix(speech_wav, tmp_path / "tone2.wav", 0.0, model=trained["kae"], device="cpu")
+    b, _ = kancodec.mix(speech_wav, tmp_path / "tone2.wav", 1.0, model=trained["kae"], device="cpu")
+    h, _ = kancodec.mix(speech_wav, tmp_path / "tone2.wav", 0.5, model=trained["kae"], device="cpu")
     assert sr == 8000 and a.shape == b.shape == h.shape == (1, sf.info(speech_wav).frames)
     # ratio 0 is A's own reconstruction, 1 is B's; halfway lies between them
-    own = aecodec.decode(aecodec.encode(speech_wav, model=trained["kae"], bits=16, device="cpu"), device="cpu")[0]
+    own = kancodec.decode(kancodec.encode(speech_wav, ae=trained["kae"], bits=16, device="cpu"), device="cpu")[0]
     assert np.abs(a - own).max() < 0.05 * np.abs(own).max() + 1e-3
     assert 0 < np.abs(h - a).mean() < np.abs(b - a).mean()
     r = runner.invoke(app, ["mix", str(speech_wav), str(tmp_path / "s16.wav"), "-o", str(tmp_path / "m.wav"),
@@ -228,17 +228,17 @@ def test_cli_train_ae(corpus, tmp_path):
 
 
 def test_damaged_code_files_are_refused(trained, speech_wav, tmp_path):
-    f = aecodec.encode(speech_wav, model=trained["krvq"], codebooks=2, device="cpu")
-    g = kanfile.AEFile(f.model, f.audio, f.code, {**f.tensors, "codes": f.tensors["codes"][:, :-1]}, f.encode)
+    f = kancodec.encode(speech_wav, ae=trained["krvq"], codebooks=2, device="cpu")
+    g = aecodec.AEFile(f.model, f.audio, f.code, {**f.tensors, "codes": f.tensors["codes"][:, :-1]}, f.encode)
     with pytest.raises(FormatError, match="tensor codes"):
         kanfile.from_bytes(g.to_bytes())
-    bad = kanfile.AEAudio(**{**f.audio.__dict__, "steps": f.audio.steps + 5})
+    bad = aecodec.AEAudio(**{**f.audio.__dict__, "steps": f.audio.steps + 5})
     with pytest.raises(FormatError, match="impossible"):
-        kanfile.from_bytes(kanfile.AEFile(f.model, bad, f.code, f.tensors, f.encode).to_bytes())
+        kanfile.from_bytes(aecodec.AEFile(f.model, bad, f.code, f.tensors, f.encode).to_bytes())
     with pytest.raises(FormatError, match="3 codebooks|has 3"):
-        kanfile.from_bytes(kanfile.AEFile(f.model, f.audio, {"codebooks": 4}, f.tensors, f.encode).to_bytes())
-    with pytest.raises(KanError, match="--codebooks"):
-        aecodec.encode(speech_wav, model=trained["krvq"], bits=6, device="cpu")
+        kanfile.from_bytes(aecodec.AEFile(f.model, f.audio, {"codebooks": 4}, f.tensors, f.encode).to_bytes())
+    with pytest.raises(KanError, match="codebooks"):
+        kancodec.encode(speech_wav, ae=trained["krvq"], bits=6, device="cpu")
 
 
 def test_ae_resume_is_exact(corpus, tmp_path):
@@ -246,13 +246,8 @@ def test_ae_resume_is_exact(corpus, tmp_path):
     restarts and quantiser dropout included)."""
     config, settings = AEConfig(kind="krvq", **TINY), TrainSettings(**{**TINY_TRAIN.__dict__, "steps": 10})
     train_ae(corpus, tmp_path / "a.safetensors", config, settings, device="cpu")
-
-    def stop(ev):
-        if ev.stage == "train" and ev.done == 6:
-            raise KeyboardInterrupt
-
     with pytest.raises(Interrupted, match="step 6"):
-        train_ae(corpus, tmp_path / "b.safetensors", config, settings, device="cpu", progress=stop)
+        train_ae(corpus, tmp_path / "b.safetensors", config, settings, device="cpu", progress=interrupt_at(6))
     train_ae(corpus, tmp_path / "b.safetensors", config, settings, device="cpu", resume=True)
     a, b = ae.load(tmp_path / "a.safetensors")[0].state_dict(), ae.load(tmp_path / "b.safetensors")[0].state_dict()
     for k in a:
@@ -285,9 +280,9 @@ def test_bundled_krvq(speech, tmp_path, monkeypatch):
     x, sr = speech
     got = {}
     for n in (1, 8):
-        af = aecodec.encode(x, sr, model="krvq", codebooks=n, device="cpu")
+        af = kancodec.encode(x, sr, ae="krvq", codebooks=n, device="cpu")
         assert af.model["name"] == "krvq" and af.model["sha256"] == modelfile.BUNDLED["krvq.safetensors"]
-        y, sr_out = aecodec.decode(kanfile.from_bytes(af.to_bytes()), device="cpu")
+        y, sr_out = kancodec.decode(kanfile.from_bytes(af.to_bytes()), device="cpu")
         assert sr_out == sr and y.shape == x.shape
         got[n] = metrics.si_snr(x[0], y[0])
     assert got[1] > -1.0 and got[8] > 5.5 and got[8] > got[1] + 4.0

@@ -9,33 +9,8 @@ import tempfile
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
-from kancodec.cli import app
-from conftest import has_cuda
-
-# A tiny model so each CLI encode takes about a second on CPU.
-TINY_ARGS = ["--n-freqs", "6", "--hidden", "12,8", "--grid", "5", "--chunk", "2048", "--overlap", "128",
-             "--steps", "5", "--compile", "no", "--device", "cpu"]
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(res, code: int, *words: str):
-    assert res.exit_code == code, (res.exit_code, res.output, res.exception)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-
-
-def leftovers(folder):
-    """Temporary or partial files left in a folder."""
-    return [p.name for p in folder.iterdir() if p.name.startswith(".") or ".part" in p.name]
+from conftest import TINY_ARGS, assert_one_line_error, cli, has_cuda, leftovers
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from kancodec.metrics import CORE
-from test_cli import TINY_ARGS, assert_one_line_error, cli, leftovers
+from conftest import TINY_ARGS, assert_one_line_error, cli, leftovers
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import torch
 
 import kancodec
 from kancodec import hyper, modelfile
-from kancodec.cli import _optional_values
+from kancodec.cli import optional_values as _optional_values
 from kancodec.corpus import crop, val_crops
 from kancodec.errors import FormatError, InputError, Interrupted, KanError
 from kancodec.fit import time_grid
@@ -23,6 +23,7 @@ from kancodec.hyper import HyperConfig, HyperNetwork
 from kancodec.inr import KANConfig, make_config
 from kancodec.loss import SpectralLoss, fit_loss
 from kancodec.train import TrainSettings, checkpoint_path, log_path, train_hyper
+from conftest import interrupt_at
 
 TINY_HYPER = HyperConfig(target=KANConfig(n_freqs=4, hidden=(8,), grid=5).to_dict(), window=4096,
                          channels=(4, 8), strides=(8, 8), frame_channels=4, latent=16, theta_hidden=8, hidden=32)
@@ -82,8 +83,9 @@ def test_model_file_round_trip_and_damage(tmp_path):
     model = HyperNetwork(TINY_HYPER)
     path = tmp_path / "m.safetensors"
     hyper.save(model, path, {"steps_done": 3})
-    loaded, train = hyper.load(path)
-    assert train == {"steps_done": 3} and loaded.config == TINY_HYPER
+    loaded, ref = hyper.load(path)
+    assert ref.train == {"steps_done": 3} and ref.kind == "hyper" and ref.sha256 == modelfile.file_sha256(path)
+    assert loaded.config == TINY_HYPER
     x = torch.randn(2, 4096)
     a, b = model(x), loaded(x)
     # float16 storage: the predictions agree to far less than an 8-bit quantisation step
@@ -139,18 +141,13 @@ def test_train_checkpoint_resume_and_log(corpus, tmp_path):
     lines = [json.loads(s) for s in log_path(out).read_text().splitlines()]
     assert [r["step"] for r in lines] == [6, 12] and all(np.isfinite(r["si_snr"]) for r in lines)
     assert not checkpoint_path(out).exists() and summary["steps_done"] == 12
-    model, train = hyper.load(out)
-    assert train["val"]["si_snr"] == pytest.approx(summary["val"]["si_snr"])
+    model, ref = hyper.load(out)
+    assert ref.train["val"]["si_snr"] == pytest.approx(summary["val"]["si_snr"])
 
     # interrupted at step 8: the checkpoint of step 8 survives, and resuming gives the same model
     out2 = tmp_path / "b.safetensors"
-
-    def stop(ev):
-        if ev.stage == "train" and ev.done == 8:
-            raise KeyboardInterrupt
-
     with pytest.raises(Interrupted, match="interrupted at step 8.*--resume"):
-        train_hyper(corpus, out2, TINY_HYPER, TINY_TRAIN, device="cpu", compile=False, progress=stop)
+        train_hyper(corpus, out2, TINY_HYPER, TINY_TRAIN, device="cpu", compile=False, progress=interrupt_at(8))
     assert checkpoint_path(out2).exists() and not out2.exists()
     with pytest.raises(KanError, match="pass --resume to continue it or --force"):
         train_hyper(corpus, out2, TINY_HYPER, TINY_TRAIN, device="cpu", compile=False)
@@ -199,7 +196,7 @@ def test_train_ddp_two_processes(corpus, tmp_path):
                         "--no-python", sys.executable, "-c", script],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    _, train = hyper.load(out)
+    train = hyper.load(out)[1].train
     assert train["world_size"] == 2 and train["steps_done"] == 6
 
 
@@ -227,11 +224,11 @@ def test_encode_hyper_one_shot_and_refine(tiny_model, speech):
 
 def test_encode_hyper_errors(tiny_model, speech):
     x, sr = speech
-    with pytest.raises(KanError, match="--refine needs --hyper"):
+    with pytest.raises(KanError, match="^refine needs hyper"):
         kancodec.encode(x[:, :5000], sr, refine=10)
     with pytest.raises(KanError, match="drop the architecture options"):
         kancodec.encode(x[:, :5000], sr, hyper=tiny_model, config=make_config("nerf"))
-    with pytest.raises(KanError, match="drop --fit-sr/--chunk"):
+    with pytest.raises(KanError, match="drop fit_sr/chunk"):
         kancodec.encode(x[:, :5000], sr, hyper=tiny_model, fit_sr=16000)
     with pytest.raises(InputError, match="model 'nope' not found; looked in"):
         kancodec.encode(x[:, :5000], sr, hyper="nope")

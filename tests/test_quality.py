@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_cli import assert_one_line_error, cli
+from conftest import assert_one_line_error, cli
 
 ARGS = ["--steps", "3", "--length", "11025", "--device", "cpu", "--opus", "24"]
 

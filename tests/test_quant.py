@@ -46,5 +46,5 @@ def test_32_bits_is_lossless_and_constant_tensor_survives():
 
 
 def test_unsupported_bits_lists_the_choices():
-    with pytest.raises(KanError, match="--bits 9 is not supported; choose one of: 2, 3"):
+    with pytest.raises(KanError, match="^bits 9 is not supported; choose one of: 2, 3"):
         quantise({"a": torch.zeros(1, 2)}, 9)

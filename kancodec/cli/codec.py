@@ -1,0 +1,240 @@
+"""The codec commands: ``encode``, ``decode``, ``info``, ``mix``, ``demo``, ``models``."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .. import api
+from ..aecodec import DEFAULT_MODEL
+from ..audio import check_output_format, check_writable, write_audio
+from ..codec import Encoded
+from ..errors import KanError
+from ..fit import PRESETS
+from ..inr import INR_CONFIGS, make_config
+from ..inrcodec import REFINE_LR
+from ..kanfile import codec_for, file_size, load
+from ..modelfile import available_models
+from ..runtime import Event
+from .common import (DEVICE, FORCE, HYPER_DEFAULT, QUIET, Reporter, app, compile_choice, errors, parse_hidden,
+                     rows_table)
+
+
+def _arch_help() -> str:
+    """``--arch``'s help, from the registry: each family with its parameters per window."""
+    sizes = ", ".join(f"{a} ({c().n_params / 1000:.0f}k)" for a, c in INR_CONFIGS.items() if a != "kan")
+    return (f"The network family: kan (the paper's KAN, {make_config('kan').n_params:,} params per window) or a "
+            f"baseline from the paper: {sizes}. All decode and eval the same way.")
+
+
+class FitReporter(Reporter):
+    """Renders encode's progress events: the plan, a bar with loss and SNR, the estimate."""
+
+    def render(self, ev: Event) -> None:
+        if ev.stage == "plan":
+            i = ev.info
+            if i.get("hyper"):
+                self.console.print(f"predicting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz with "
+                                   f"{i['hyper']}" + (f", then {i['steps']} refining steps" if i["steps"] else ""),
+                                   markup=False, highlight=False)
+            if i["steps"] or not i.get("hyper"):
+                self.console.print(f"fitting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz, "
+                                   f"{i['steps']} steps, {i['batches']} batch(es) of up to {i['batch']} on {i['device']}"
+                                   + (" (compiling the model first, ~10-30 s)" if i["compile"] else ""))
+            if ev.total:
+                self.open_bar("fit", ev.total)
+        elif ev.stage == "estimate":
+            self.console.print(f"estimated time left: {ev.info['seconds'] / 60:.1f} min (measured on the first steps)")
+        elif ev.stage == "fit" and self.bar is not None:
+            self.bar.update(self.task, completed=ev.done, stats=f"loss {ev.info['loss']:.4f} SNR {ev.info['snr']:.1f} dB")
+            if ev.done >= ev.total:
+                self.close()
+
+
+def summary(kf: Encoded, size: int, path: Path | str | None = None) -> Table:
+    """The table encode, demo and info print: the file, then the codec's own rows."""
+    return rows_table([("file", str(path) if path else "-"), *codec_for(kf).summary(kf, size)])
+
+
+@app.command()
+def encode(
+    input: Path = typer.Argument(..., help="Audio file to encode (WAV, FLAC or OGG; any rate 8-192 kHz)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .kan file to write (default: INPUT with .kan)."),
+    preset: str = typer.Option("auto", "--preset", "-p", help="auto (standard on CUDA, fast on CPU), fast (200 steps), "
+                               "standard (2000), paper (10000, the paper's loss weights). Time grows with steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (overrides the preset). More steps: better quality, linear time."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset's; by default "
+                                       + ", ".join(f"{a} {c.lr:g}" for a, c in INR_CONFIGS.items()) + ")."),
+    bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight: 16, 12, 10, 8, 6, 4 (also 2-7, 32 = float). "
+                             "Fewer bits: smaller file, more quantisation noise."),
+    fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate (default: the input's). Lower = fewer windows "
+                                         "and bits, less bandwidth."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Window length in samples at the fitting rate "
+                                        "(default 32768)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Cross-fade between windows, in samples (default 1024)."),
+    arch: str = typer.Option("kan", "--arch", help=_arch_help()),
+    n_freqs: Optional[int] = typer.Option(None, "--n-freqs", help="Positional encoding length L, 2L inputs "
+                                          f"(kan: {make_config('kan').n_freqs}, nerf: {make_config('nerf').n_freqs}). "
+                                          "More: finer detail, more params."),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden layer widths, comma-separated "
+                                         "(kan: 48,24,12). Wider: better quality, more bits and time."),
+    grid: Optional[int] = typer.Option(None, "--grid", help="kan only: B-spline grid intervals G (default 10)."),
+    order: Optional[int] = typer.Option(None, "--order", help="kan only: B-spline order k, 1-5 (default 2)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0); the same seed and settings give the same file."),
+    compile: str = typer.Option("auto", "--compile", help="auto, yes or no: torch.compile the model (10-30 s once, then ~3x faster steps)."),
+    hyper: Optional[str] = typer.Option(None, "--hyper", metavar="[MODEL]", help="Predict the networks in one shot "
+                                        "with a FewSound hypernetwork instead of fitting: --hyper alone uses "
+                                        f"{HYPER_DEFAULT} (yours from train-hyper, else the bundled one); or give a "
+                                        "model name or .safetensors path. Fits at 22.05 kHz in the model's windows."),
+    refine: Optional[int] = typer.Option(None, "--refine", help="With --hyper: then fit this many steps from the "
+                                         f"prediction (e.g. 300), at --lr (default {REFINE_LR:g}). Better than one shot; "
+                                         "how it compares with fitting from scratch: models/README.md."),
+    ae: Optional[str] = typer.Option(None, "--ae", metavar="MODEL", help="Code with a KAN autoencoder instead of "
+                                     f"fitting: {DEFAULT_MODEL} (bundled; the model train-ae saves by default), another "
+                                     "model name, or a .safetensors path. Low bitrate; the .kan file needs the same "
+                                     "model to decode."),
+    codebooks: Optional[int] = typer.Option(None, "--codebooks", help="With --ae and a kvq/krvq model: codebooks to "
+                                            "keep, 1 to the model's (default all). Each adds log2(codebook size) bits "
+                                            "per frame (0.86 kbps at the defaults)."),
+    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.
+
+    With --hyper, a pretrained hypernetwork predicts the networks in one pass (seconds),
+    optionally refined with --refine N fitting steps. With --ae, a KAN autoencoder codes
+    the audio as codebook indices (or latents) at a few kbps."""
+    console = Console(stderr=True, quiet=quiet)
+    with errors():
+        out = output or input.with_suffix(".kan")
+        check_writable(out, force)
+        use_compile = compile_choice(compile)
+        if preset not in ("auto", *PRESETS):
+            raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
+        shaped = arch != "kan" or any(v is not None for v in (n_freqs, hidden, grid, order))
+        config = make_config(arch, n_freqs=n_freqs, hidden=parse_hidden(hidden) if hidden else None,
+                             grid=grid, order=order) if shaped else None
+        rep = FitReporter(console, quiet)
+        try:
+            kf = api.encode(input, preset_name=None if preset == "auto" else preset, steps=steps, lr=lr, bits=bits,
+                            config=config, fit_sr=fit_sr, chunk=chunk, overlap=overlap, seed=seed, device=device,
+                            compile=None if use_compile == "auto" else use_compile, hyper=hyper, refine=refine,
+                            ae=ae, codebooks=codebooks, progress=rep)
+        finally:
+            rep.close()
+        size = kf.save(out, force)
+        console.print(summary(kf, size, out))
+
+
+@app.command()
+def decode(
+    input: Path = typer.Argument(..., help="The .kan file to decode."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="WAV or FLAC to write (default: INPUT with .wav)."),
+    sr: Optional[int] = typer.Option(None, "--sr", help="Output sample rate (default: the original's). Any rate: "
+                                     "above the fitted one the networks are evaluated on a finer grid, below it "
+                                     "the output is low-passed so nothing aliases."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Autoencoder files only: the model file to decode "
+                                         "with, when it is not where kancodec looks (it must be the same model)."),
+    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Decode a .kan file to WAV or FLAC at any sample rate."""
+    console = Console(stderr=True, quiet=quiet)
+    with errors():
+        out = output or input.with_suffix(".wav")
+        check_output_format(out)
+        check_writable(out, force)
+        y, rate = api.decode(input, sr=sr, device=device, model=model)
+        write_audio(out, y, rate, force=force)
+        console.print(f"wrote {out}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz", markup=False, highlight=False)
+
+
+@app.command()
+def info(
+    input: Path = typer.Argument(..., help="The .kan file to describe."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+    quiet: bool = QUIET,
+) -> None:
+    """Show what a .kan file holds: audio, codec, model, bits or codebooks, kbps, encode settings."""
+    with errors():
+        kf = load(input)
+        size = file_size(input)
+        if as_json:
+            typer.echo(json.dumps(codec_for(kf).describe(kf, size), indent=2, sort_keys=True))
+        elif not quiet:
+            Console().print(summary(kf, size, input))
+
+
+@app.command()
+def mix(
+    a: Path = typer.Argument(..., help="First audio file."),
+    b: Path = typer.Argument(..., help="Second audio file (same sample rate and channels)."),
+    output: Path = typer.Option(..., "--output", "-o", help="WAV or FLAC to write."),
+    ratio: float = typer.Option(0.5, "--ratio", help="0 = all A, 1 = all B; in between blends the latents."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Autoencoder (name or path); a kae/kvae one blends "
+                              "most smoothly, vq models decode the blend without quantising."),
+    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Blend two sounds in an autoencoder's latent space and decode the mix."""
+    console = Console(stderr=True, quiet=quiet)
+    with errors():
+        check_output_format(output)
+        check_writable(output, force)
+        y, rate = api.mix(a, b, ratio, model=model, device=device)
+        write_audio(output, y, rate, force=force)
+        console.print(f"wrote {output}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz, "
+                      f"{1 - ratio:g} x {a.name} + {ratio:g} x {b.name} in latent space", markup=False, highlight=False)
+
+
+@app.command()
+def demo(
+    steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (default: the fast preset's 200)."),
+    bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also keep the decoded WAV here."),
+    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Encode, decode and score a bundled 3 s real speech clip (tuxpaint-stamps, GPL-2)."""
+    console = Console(stderr=True, quiet=quiet)
+    with errors():
+        if output:
+            check_output_format(output)
+            check_writable(output, force)
+        clip = resources.files("kancodec") / "data" / "demo_speech.flac"
+        with resources.as_file(clip) as path, tempfile.TemporaryDirectory() as tmp:
+            console.print(f"demo clip: {path.name} (French speech from Debian's tuxpaint-stamps-default, GPL-2)")
+            rep = FitReporter(console, quiet)
+            try:
+                kf = api.encode(path, preset_name="fast", steps=steps, bits=bits, device=device, progress=rep)
+            finally:
+                rep.close()
+            kan_path = Path(tmp) / "demo.kan"
+            size = kf.save(kan_path)
+            y, rate = api.decode(kan_path, device=device)
+            if output:
+                write_audio(output, y, rate, force=force)
+            console.print(summary(kf, size, "(temporary, not kept)"))
+            if output:
+                console.print(f"decoded audio: {output}", markup=False, highlight=False)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the models kancodec can find by name (--hyper, --ae, mix): yours, then the bundled ones."""
+    with errors():
+        rows = available_models()
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2, sort_keys=True))
+            return
+        t = Table("name", "kind", "MB", "SHA-256", "where", "path")
+        for r in rows:
+            note = " (hidden by your model of the same name)" if r["shadowed"] else ""
+            kind = r["kind"] or f"unreadable: {r['error']}"
+            t.add_row(*map(escape, (r["name"], kind, f"{r['bytes'] / 1e6:.1f}", (r["sha256"] or "-")[:16],
+                                    r["where"] + note, r["path"])))
+        Console().print(t)
