@@ -37,8 +37,9 @@ import torch
 from . import __version__, container
 from . import ae as aemod
 from .audio import SILENCE, resample
-from .codec import Encoded, bitrate, fit_length, measure
+from .codec import Encoded, bitrate, fit_length, integrity, integrity_rows, measure
 from .errors import FormatError, InputError, KanError, OptionError
+from .modelfile import find_by_hash
 from .quant import BITS_CHOICES, check_bits, dequantise, pack_bits, packed_size, quantise, unpack_bits
 
 TAG = "kancodec-ae"
@@ -109,14 +110,16 @@ def _decode_with(m: aemod.AutoEncoder, af: AEFile, dev: torch.device) -> np.ndar
 
 def load_model_for(af: AEFile, dev: torch.device, model: str | Path | None = None,
                    where: str = "the .kan file") -> aemod.AutoEncoder:
-    """The model ``af`` was coded with, checked against the recorded SHA-256: ``model`` if
-    given, else found by name (user data folder, then bundled models)."""
+    """The model ``af`` was coded with. The name in the file is only a name: the model is
+    found among the known models by its SHA-256 (:func:`~kancodec.modelfile.find_by_hash`);
+    ``model``, a name or path the user gave, must have that same SHA-256."""
     name, sha = af.model["name"], af.model["sha256"]
-    try:
-        m, ref = aemod.load(model or name, dev)
-    except InputError as e:
-        raise InputError(f"{where} needs the autoencoder {name!r}; {e}".replace(
-            "; give a path or train one", f"; put {name}.safetensors there or decode with --model PATH")) from None
+    if model is None:
+        try:
+            model = find_by_hash(name, sha, where)
+        except InputError as e:
+            raise InputError(str(e).replace("needs the model", "needs the autoencoder")) from None
+    m, ref = aemod.load(model, dev)
     if ref.sha256 != sha:
         raise FormatError(f"{where} was coded with model {name!r} (SHA-256 {sha[:12]}…), but {ref.path} is a different "
                           "model; decode with the model file it was made with (decode --model PATH)")
@@ -145,7 +148,7 @@ class AECodec:
         if codebooks is not None and not c.quantized:
             raise OptionError(f"{{codebooks}}: the model {ref.path.name} is a {c.kind} (no codebooks); use a kvq/krvq "
                               "model or drop it", "codebooks")
-        n_books = codebooks or c.codebooks
+        n_books = c.codebooks if codebooks is None else codebooks
         if c.quantized and not 1 <= n_books <= c.codebooks:
             raise OptionError(f"{{codebooks}} {n_books}: the model {ref.path.name} has 1 to {c.codebooks}", "codebooks")
         check_bits(bits)
@@ -185,7 +188,7 @@ class AECodec:
         a = af.audio
         return {"format": TAG, "audio": {**a.__dict__, "duration": a.duration}, "model": af.model, "code": af.code,
                 "payload_kbps": af.config.kbps(af.code.get("codebooks"), af.code.get("bits")), **bitrate(size, af),
-                "encode": af.encode}
+                **integrity(af), "encode": af.encode}
 
     def summary(self, af: AEFile, size: int) -> list[tuple[str, str]]:
         a, c, e = af.audio, af.config, af.encode
@@ -202,7 +205,7 @@ class AECodec:
         if "snr_db" in e:
             rows.append(("quality", f"SNR {e['snr_db']:.2f} dB, SI-SNR {e['si_snr_db']:.2f} dB "
                                     f"(decoded vs input at {a.model_sr} Hz)"))
-        return rows
+        return rows + integrity_rows(af)
 
     def brief(self, af: AEFile) -> dict:
         c = af.config

@@ -96,7 +96,7 @@ def decode(kan: Encoded | str | Path, sr: int | None = None, *, device: str | to
         ``((channels, frames) float32, sr)``.
     """
     kf = load(kan) if isinstance(kan, (str, Path)) else kan
-    rate = check_out_rate(int(sr or kf.audio.sample_rate))
+    rate = check_out_rate(kf.audio.sample_rate if sr is None else sr)
     dev = resolve_device(device)
     return codec_for(kf).decode(kf, rate, device=dev, compile=compile, progress=progress, model=model), rate
 

@@ -126,11 +126,18 @@ def crossfade_weights(pos: np.ndarray, chunk: int, overlap: int, first: bool, la
     return w
 
 
-def _open_temp(dest: Path, force: bool) -> tuple[int, str]:
-    if dest.exists() and not force:
-        raise OutputError(f"{dest}: already exists; pass --force to overwrite or choose another -o")
-    if dest.is_dir():
-        raise OutputError(f"{dest}: is a directory; give a file name")
+def _open_temp(dest: Path, force: bool, inputs: tuple = ()) -> tuple[int, str]:
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise OutputError(f"{dest}: already exists; pass --force to overwrite or choose another -o")
+        if dest.is_dir():
+            raise OutputError(f"{dest}: is a directory; give a file name")
+        if not dest.is_file():
+            raise OutputError(f"{dest}: is not a regular file (a device, pipe or socket); kancodec replaces only "
+                              "regular files, choose another -o")
+        for source in inputs:
+            if Path(source).exists() and os.path.samefile(dest, source):
+                raise OutputError(f"{dest}: is the input; writing it would destroy the input, choose another -o")
     folder = dest.parent if str(dest.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{folder}: no such directory; create it or choose another -o")
@@ -140,9 +147,10 @@ def _open_temp(dest: Path, force: bool) -> tuple[int, str]:
         raise OutputError(f"{folder}: cannot write here ({e.strerror}); choose another -o") from None
 
 
-def check_writable(dest: str | Path, force: bool = False) -> None:
-    """Raise OutputError now, before long work, if ``dest`` could not be written later."""
-    fd, tmp = _open_temp(Path(dest), force)
+def check_writable(dest: str | Path, force: bool = False, inputs: tuple = ()) -> None:
+    """Raise OutputError now, before long work, if ``dest`` could not be written later:
+    it exists (without ``force``), is not a regular file, or is one of the ``inputs``."""
+    fd, tmp = _open_temp(Path(dest), force, inputs)
     os.close(fd)
     os.unlink(tmp)
 
@@ -162,7 +170,11 @@ def atomic_path(dest: str | Path, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
+        if dest.exists() and not dest.is_file():  # became a device, pipe or directory meanwhile
+            raise OutputError(f"{dest}: is not a regular file; kancodec replaces only regular files, choose another -o")
         os.replace(tmp_path, dest)
+    except OSError as e:  # a full disk, a quota, a vanished folder: one line, and the temporary file goes
+        raise OutputError(f"{dest}: cannot write ({e.strerror or e}); free some space or choose another -o") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -185,4 +197,7 @@ def write_audio(path: str | Path, x: np.ndarray, sr: int, force: bool = False, s
     fmt = check_output_format(path)
     data = np.clip(x, -1.0, 1.0).T
     with atomic_path(path, force) as tmp:
-        sf.write(str(tmp), data, sr, format=fmt, subtype=subtype or "PCM_16")
+        try:
+            sf.write(str(tmp), data, sr, format=fmt, subtype=subtype or "PCM_16")
+        except sf.LibsndfileError as e:  # libsndfile reports a full disk as its own error, not OSError
+            raise OSError(str(e)) from None

@@ -30,7 +30,9 @@ class Encoded:
     """
 
     TAG: ClassVar[str]
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: the checksum covers the metadata too
+    #: False for a clip read from a version 1 file, whose checksum covered the tensors only
+    metadata_checked = True
     audio: object
     tensors: dict[str, np.ndarray]
     encode: dict
@@ -97,6 +99,18 @@ def bitrate(size: int, encoded: Encoded) -> dict:
     kbps = size * 8 / encoded.audio.duration / 1000
     return {"bytes": size, "kbps": round(kbps, 3), "pcm16_kbps": encoded.pcm_kbps(),
             "ratio_to_pcm16": round(encoded.pcm_kbps() / kbps, 3)}
+
+
+def integrity(encoded: Encoded) -> dict:
+    """What the file's checksum covered, for ``describe``."""
+    return {"checksum": "metadata and tensors" if encoded.metadata_checked else "tensors only (version 1 file)"}
+
+
+def integrity_rows(encoded: Encoded) -> list[tuple[str, str]]:
+    """A ``summary`` row warning that a version 1 file's metadata was not checked (none otherwise)."""
+    if encoded.metadata_checked:
+        return []
+    return [("checksum", "tensors only: a version 1 file, its metadata is not covered; re-encode to protect it")]
 
 
 def measure(out: np.ndarray, ref: np.ndarray) -> dict:

@@ -8,7 +8,10 @@ with sorted keys. Three entries are the container's own:
 ``kancodec.format``    the tag, also the magic a reader checks first; it names what
                        the file holds (``kancodec-inr``, ``kancodec-ae``, ``kancodec-model``)
 ``kancodec.version``   the version of that format, independent of the package version
-``kancodec.sha256``    SHA-256 over every tensor (sorted by name: name, dtype, shape, bytes)
+``kancodec.sha256``    SHA-256 over every other metadata entry (sorted by key, each length-
+                       prefixed) and every tensor (sorted by name: name, dtype, shape,
+                       bytes). Version 1 of every format hashed the tensors only: such
+                       files are still read, and :func:`covers_metadata` says so.
 =====================  ==========================================================
 
 What else a file holds is up to its kind: :mod:`kancodec.inrfile` and
@@ -31,6 +34,8 @@ from .errors import FormatError
 
 PREFIX = "kancodec."
 MAX_HEADER = 100_000_000
+#: the first version of each format whose checksum covers the metadata
+META_FROM = 2
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Kind:
 
     noun: str  # ".kan file", "model file"
     tags: tuple[str, ...]
-    version: int
+    version: int  # the version written; every version from 1 up to it is read
     label: str  # what a right tag makes it: "kancodec file", "kancodec model"
     version_name: str  # ".kan format", "model file"
     unreadable: str  # the end of the "not readable" message
@@ -48,8 +53,14 @@ class Kind:
     damaged: str  # the end of the checksum message
 
 
-def checksum(tensors: Mapping[str, np.ndarray]) -> str:
+def checksum(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str] | None = None) -> str:
+    """SHA-256 over ``meta`` (all but the checksum entry itself; None: not covered, as in
+    version 1) and ``tensors``."""
     h = hashlib.sha256()
+    for key in sorted(meta or {}):
+        if key != PREFIX + "sha256":
+            k, v = key.encode(), str(meta[key]).encode()
+            h.update(b"%d:%s=%d:%s|" % (len(k), k, len(v), v))
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
@@ -57,14 +68,20 @@ def checksum(tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def metadata(tag: str, version: int, fields: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> dict[str, str]:
+def metadata(tag: str, version: int, fields: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+             digest: Callable = checksum) -> dict[str, str]:
     """The metadata strings of a container: ``fields`` (strings as they are, anything else as
-    sorted JSON) between the tag/version and the checksum of ``tensors``."""
+    sorted JSON) between the tag/version and the checksum (``digest``) of all of it and ``tensors``."""
     meta = {PREFIX + "format": tag, PREFIX + "version": str(version)}
     for key, value in fields.items():
         meta[PREFIX + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    meta[PREFIX + "sha256"] = checksum(tensors)
+    meta[PREFIX + "sha256"] = digest(tensors, meta if version >= META_FROM else None)
     return meta
+
+
+def covers_metadata(meta: Mapping[str, str]) -> bool:
+    """Whether a checked container's checksum covers its metadata (version 2 on)."""
+    return meta.get(PREFIX + "version") != "1"
 
 
 def write(tag: str, version: int, fields: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> bytes:
@@ -103,10 +120,12 @@ def read(data: bytes, where: str, kind: Kind, load: Callable = st_load,
         expected = " or ".join(repr(t) for t in kind.tags)
         raise FormatError(f"{where}: not a {kind.label} (format tag {tag!r}, expected {expected}){kind.foreign}")
     version = meta.get(PREFIX + "version")
-    if version != str(kind.version):
-        raise FormatError(f"{where}: {kind.version_name} version {version} is not supported "
-                          f"(this kancodec reads version {kind.version}); {kind.upgrade}")
-    if meta.get(PREFIX + "sha256") != digest(tensors):
+    readable = [str(v) for v in range(1, kind.version + 1)]
+    if version not in readable:
+        shown = str(version)[:20] if isinstance(version, str) else version
+        raise FormatError(f"{where}: {kind.version_name} version {shown} is not supported "
+                          f"(this kancodec reads versions 1 to {kind.version}); {kind.upgrade}")
+    if meta.get(PREFIX + "sha256") != digest(tensors, meta if covers_metadata(meta) else None):
         raise FormatError(f"{where}: checksum mismatch, {kind.damaged}")
     return tag, meta, tensors
 

@@ -21,7 +21,7 @@ import torch
 
 from . import __version__, inr
 from .audio import SILENCE, crossfade_weights, resample, split_windows
-from .codec import bitrate, fit_length, measure
+from .codec import bitrate, fit_length, integrity, integrity_rows, measure
 from .errors import OptionError
 from .fit import FitProgress, fit, preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, from_container
@@ -33,6 +33,21 @@ from .runtime import Event, Progress, batch_size, tune_allocator, want_compile
 REFINE_LR = 5e-2
 DEFAULT_CHUNK = 32768
 DEFAULT_OVERLAP = 1024
+
+
+#: the most fitting steps an encode takes (about a day per window on a CPU)
+MAX_STEPS = 1_000_000
+
+
+def check_fit_settings(steps: int, lr: float, seed: int, steps_name: str = "steps") -> None:
+    """OptionError unless 0 <= steps <= MAX_STEPS, 0 < lr <= 1 (finite) and 0 <= seed < 2**63."""
+    if not 0 <= steps <= MAX_STEPS:
+        raise OptionError(f"{{{steps_name}}} {steps}: must be between 0 and {MAX_STEPS:,}", steps_name)
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= 1):
+        raise OptionError(f"{{lr}} {lr}: must be a finite learning rate above 0 and at most 1 (the presets use "
+                          "0.0001-0.05)", "lr")
+    if not (isinstance(seed, int) and 0 <= seed < 2**63):
+        raise OptionError(f"{{seed}} {str(seed)[:30]}: must be a whole number from 0 to 2^63 - 1", "seed")
 
 
 class RandomInit:
@@ -115,7 +130,7 @@ class InrCodec:
                 raise OptionError("{steps} with {hyper}: use {refine} N to fit N steps from the prediction",
                                   "steps", "hyper", "refine")
             config, fit_sr, chunk = c.inr, c.sample_rate, c.window
-            steps, lr = refine or 0, lr or REFINE_LR
+            steps, lr = refine or 0, REFINE_LR if lr is None else lr
         elif refine is not None:
             raise OptionError("{refine} needs {hyper}: it continues fitting from the hypernetwork's prediction",
                               "refine", "hyper")
@@ -125,18 +140,20 @@ class InrCodec:
         if chunk < 256 or not 0 <= overlap < chunk // 2:
             raise OptionError(f"{{chunk}} {chunk} / {{overlap}} {overlap}: need {{chunk}} >= 256 and "
                               f"0 <= {{overlap}} < {{chunk}}/2", "chunk", "overlap")
-        fit_sr = int(fit_sr or sr)
+        fit_sr = int(sr if fit_sr is None else fit_sr)
         if not 1000 <= fit_sr <= 192000:
             raise OptionError(f"{{fit_sr}} {fit_sr}: must be between 1000 and 192000 Hz", "fit_sr")
         settings = replace(preset(preset_name, device, config), seed=seed,
                            **({"steps": steps} if steps is not None else {}), **({"lr": lr} if lr is not None else {}))
-        if settings.steps < 0:
-            raise OptionError(f"{{steps}} {settings.steps}: must be 0 or more", "steps")
+        check_fit_settings(settings.steps, settings.lr, seed, "refine" if hyper is not None else "steps")
         if hyper is None:
             init = RandomInit(config, seed)
         w = cut(x, sr, fit_sr, chunk, overlap)
         start = time.perf_counter()
         fitted, use_compile = self._fit(config, w, init, settings, fit_sr, device, compile, batch, progress)
+        if not all(bool(torch.isfinite(v).all()) for v in fitted.values()):
+            raise OptionError(f"the fit diverged (weights became infinite or NaN) at {{lr}} {settings.lr:g}; "
+                              "lower {lr} or leave it to the preset; nothing was written", "lr")
         tensors = quantise(inr.compact(config, fitted), bits, config.keep_float)
         tensors["gain"] = w.gains
         audio = AudioInfo(sample_rate=int(sr), fit_sr=fit_sr, channels=x.shape[0], frames=x.shape[1],
@@ -203,7 +220,7 @@ class InrCodec:
         a = kf.audio
         return {"format": TAG, "audio": {**a.__dict__, "duration": a.duration}, "inr": kf.config.to_dict(),
                 "params_per_window": kf.config.n_params, "networks": a.channels * a.windows, "bits": kf.bits,
-                **bitrate(size, kf), "encode": kf.encode}
+                **bitrate(size, kf), **integrity(kf), "encode": kf.encode}
 
     def summary(self, kf: KanFile, size: int) -> list[tuple[str, str]]:
         a, e = kf.audio, kf.encode
@@ -226,7 +243,7 @@ class InrCodec:
             s = e["settings"]
             rows.append(("encoded", f"preset {e.get('preset')}, {s['steps']} steps, lr {s['lr']}, seed {s['seed']}, "
                                     f"{e.get('device')}, {e.get('seconds', 0):.1f} s"))
-        return rows
+        return rows + integrity_rows(kf)
 
     def brief(self, kf: KanFile) -> dict:
         return {"label": f"{kf.config.arch}, {kf.bits} bits", "bits": kf.bits, "arch": kf.config.arch}

@@ -14,7 +14,7 @@ from . import aecodec, container, inrcodec
 from .codec import Codec, Encoded
 from .errors import FormatError, InputError
 
-VERSION = 1
+VERSION = Encoded.VERSION  # files of every version up to it are read
 #: format tag -> the codec that reads and writes files with it
 CODECS: dict[str, Codec] = {c.tag: c for c in (inrcodec.CODEC, aecodec.CODEC)}
 KIND = container.Kind(noun=".kan file", tags=tuple(CODECS), version=VERSION, label="kancodec file",
@@ -32,7 +32,9 @@ def codec_for(encoded: Encoded) -> Codec:
 def from_bytes(data: bytes, where: str = "<bytes>") -> Encoded:
     """Parse and validate a ``.kan`` file's bytes (any codec); every problem raises FormatError."""
     tag, meta, tensors = container.read(data, where, KIND)
-    return CODECS[tag].from_container(meta, tensors, where)
+    encoded = CODECS[tag].from_container(meta, tensors, where)
+    encoded.metadata_checked = container.covers_metadata(meta)
+    return encoded
 
 
 def load(path: str | Path) -> Encoded:

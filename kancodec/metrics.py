@@ -68,8 +68,13 @@ def si_snr(ref: np.ndarray, out: np.ndarray) -> float:
                            eps=1e-20))
 
 
+def lsd_n_fft(sr: int) -> int:
+    """LSD's frame: 2048 samples at 44.1 kHz, scaled to the rate."""
+    return max(16, round(2048 * sr / 44100))
+
+
 def lsd(ref: np.ndarray, out: np.ndarray, sr: int) -> float:
-    n_fft = max(16, round(2048 * sr / 44100))
+    n_fft = lsd_n_fft(sr)
     hop = max(1, round(sr / 100))
 
     def power(x: np.ndarray) -> torch.Tensor:
@@ -203,8 +208,10 @@ def evaluate(ref: np.ndarray, out: np.ndarray, sr: int, out_sr: int | None = Non
     if ref.shape[1] != out.shape[1]:
         notes.append(f"lengths differ (reference {ref.shape[1]}, output {out.shape[1]} samples at {sr} Hz): "
                      f"compared the first {n}")
-    if n == 0:
-        raise InputError("nothing to compare: one of the signals has no samples")
+    shortest = lsd_n_fft(sr) // 2 + 1  # the spectral metrics need half a frame (their padding)
+    if n < shortest:
+        raise InputError(f"nothing to compare: {n} sample(s) in common at {sr} Hz; eval needs at least {shortest} "
+                         f"({1000 * shortest / sr:.0f} ms)")
     per_channel = [score(ref[c, :n], out[c, :n], sr, metrics) for c in range(ref.shape[0])]
     mean = {}
     for m in metrics:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,16 @@ from .audio import atomic_path
 from .errors import FormatError, InputError
 
 TAG = "kancodec-model"
-VERSION = 1
+VERSION = 2  # 2: the checksum covers the metadata too
 PREFIX = container.PREFIX
 KIND = container.Kind(noun="model file", tags=(TAG,), version=VERSION, label="kancodec model",
                       version_name="model file", unreadable="it is truncated, damaged or of another format",
                       foreign="", upgrade="upgrade kancodec or retrain the model",
                       damaged="the model was modified or damaged; retrain or restore it")
+#: what a model name stored in a file may look like: a name, never a path
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+#: model files larger than this are refused before they are read (the bundled ones are < 25 MB)
+MAX_MODEL_BYTES = 1 << 30
 #: the models shipped inside the package
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 #: file name -> SHA-256 of the bundled file's bytes
@@ -68,19 +73,17 @@ def user_models_dir() -> Path:
     return Path(platformdirs.user_data_dir("kancodec")) / "models"
 
 
-def _tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+def _tensor_checksum(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> str:
     return container.checksum({k: v.detach().cpu().contiguous().view(torch.uint8).numpy() if v.dtype == torch.bfloat16
-                               else v.detach().cpu().contiguous().numpy() for k, v in tensors.items()})
+                               else v.detach().cpu().contiguous().numpy() for k, v in tensors.items()}, meta)
 
 
 def save_model(path: str | Path, kind: str, config: dict, tensors: dict[str, torch.Tensor],
                train: dict | None = None, force: bool = False) -> int:
     """Write a model file atomically; returns its size in bytes."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {PREFIX + "format": TAG, PREFIX + "version": str(VERSION), PREFIX + "kind": kind,
-            PREFIX + "config": json.dumps(config, sort_keys=True),
-            PREFIX + "train": json.dumps(train or {}, sort_keys=True),
-            PREFIX + "sha256": _tensor_checksum(tensors)}
+    meta = container.metadata(TAG, VERSION, {"kind": kind, "config": config, "train": train or {}}, tensors,
+                              _tensor_checksum)
     data = st_save(tensors, metadata=meta)
     with atomic_path(path, force) as tmp:
         tmp.write_bytes(data)
@@ -96,6 +99,9 @@ def read_model(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tenso
 def _read(path: Path, kind: str | None) -> tuple[ModelRef, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise InputError(f"{path}: no such model file; check the path")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise FormatError(f"{path}: {path.stat().st_size / 2**30:.1f} GiB is too large to be a kancodec model "
+                          f"(at most {MAX_MODEL_BYTES >> 30} GiB); check the path")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     expected = BUNDLED.get(path.name) if path.parent.resolve() == BUNDLED_DIR else None
@@ -132,6 +138,47 @@ def find_model(name: str | Path) -> Path:
             return place
     raise InputError(f"model {str(name)!r} not found; looked in: {', '.join(str(q) for q in places)}; "
                      "give a path or train one")
+
+
+def model_folders() -> list[Path]:
+    """Where models are looked up by name: the user's folder, then the bundled models."""
+    return [user_models_dir(), BUNDLED_DIR]
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The SHA-256 of a model file's bytes (the bundled ones' from :data:`BUNDLED` when they
+    are intact), or None for what cannot be a model."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_MODEL_BYTES:
+            return None
+    except OSError:
+        return None
+    return file_sha256(path)
+
+
+def find_by_hash(name: str, sha256: str, where: str) -> Path:
+    """The model a file names: ``name`` is looked up as a name only (never as a path) in
+    :func:`model_folders`, and the file whose bytes have ``sha256`` serves, wherever it is
+    (same name first, then any other model there). FormatError if the name is not a model
+    name, or a model of that name exists but none has the hash; InputError if none exists."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name.endswith(".safetensors"):
+        raise FormatError(f"{where}: its model name {str(name)[:60]!r} is not a model name; the file is damaged "
+                          "or crafted, decode it with --model PATH if you trust it")
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise FormatError(f"{where}: its model SHA-256 {str(sha256)[:70]!r} is not a SHA-256; the file is damaged")
+    folders = model_folders()
+    same = [f / f"{name}.safetensors" for f in folders]
+    others = [p for f in folders if f.is_dir() for p in sorted(f.glob("*.safetensors")) if p not in same]
+    for path in same + others:
+        if _sha256_of(path) == sha256:
+            return path
+    if any(p.is_file() for p in same):
+        found = next(p for p in same if p.is_file())
+        raise FormatError(f"{where} was coded with model {name!r} (SHA-256 {sha256[:12]}…), but {found} is a different "
+                          "model and no model there has that SHA-256; decode with the model file it was made with "
+                          "(decode --model PATH)")
+    raise InputError(f"{where} needs the model {name!r} (SHA-256 {sha256[:12]}…); looked in: "
+                     f"{', '.join(str(f) for f in folders)}; put {name}.safetensors there or decode with --model PATH")
 
 
 def available_models() -> list[dict]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import json
+import struct
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.numpy import load as st_load
 from typer.testing import CliRunner
 
+from kancodec import container
 from kancodec.audio import read_audio, resample
 from kancodec.cli import app
 from kancodec.inr import KANConfig
@@ -55,6 +60,20 @@ def interrupt_at(step: int):
 def leftovers(folder):
     """Temporary or partial files left in a folder."""
     return [p.name for p in folder.iterdir() if p.name.startswith(".") or ".part" in p.name]
+
+
+def rewrite_metadata(data: bytes, change, rehash: bool = True) -> bytes:
+    """The file with its metadata changed; ``rehash``: and its checksum recomputed, as a
+    crafter would, so that the checks behind the checksum are what is tested."""
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    change(header["__metadata__"])
+    if rehash:
+        meta = header["__metadata__"]
+        meta["kancodec.sha256"] = container.checksum(st_load(data), meta)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    return struct.pack("<Q", len(new)) + new + data[8 + n:]
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from kancodec.hyper import HyperConfig, HyperNetwork
 from kancodec.inr import KANConfig, make_config
 from kancodec.loss import SpectralLoss, fit_loss
 from kancodec.train import TrainSettings, checkpoint_path, log_path, train_hyper
-from conftest import interrupt_at
+from conftest import interrupt_at, rewrite_metadata
 
 TINY_HYPER = HyperConfig(target=KANConfig(n_freqs=4, hidden=(8,), grid=5).to_dict(), window=4096,
                          channels=(4, 8), strides=(8, 8), frame_channels=4, latent=16, theta_hidden=8, hidden=32)
@@ -104,9 +104,17 @@ def test_model_file_round_trip_and_damage(tmp_path):
     modelfile.save_model(bad, "ae", {}, {"w": torch.zeros(2)}, force=True)
     with pytest.raises(FormatError, match="expected a 'hyper' model"):
         hyper.load(bad)
-    text = path.read_bytes().replace(b'"kancodec.version":"1"', b'"kancodec.version":"9"')
-    bad.write_bytes(text)
+    bad.write_bytes(rewrite_metadata(path.read_bytes(), lambda m: m.update({"kancodec.version": "9"})))
     with pytest.raises(FormatError, match="version 9 is not supported"):
+        hyper.load(bad)
+    # the checksum covers the metadata (model files version 2): an edited config is refused
+    def retarget(m):
+        config = json.loads(m["kancodec.config"])
+        config["target"]["grid_range"] = [-2.0, 2.0]
+        m["kancodec.config"] = json.dumps(config)
+    assert '"kancodec.version":"2"' in path.read_bytes()[:2000].decode(errors="replace")
+    bad.write_bytes(rewrite_metadata(path.read_bytes(), retarget, rehash=False))
+    with pytest.raises(FormatError, match="checksum mismatch"):
         hyper.load(bad)
 
 

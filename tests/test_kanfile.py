@@ -1,28 +1,20 @@
 import json
-import struct
 
 import numpy as np
 import pytest
 
 import kancodec
-from kancodec import kanfile
+from safetensors.numpy import load as st_load
+
+from kancodec import container, kanfile
 from kancodec.errors import FormatError, InputError
-from conftest import TINY_ENCODE
+from conftest import TINY_ENCODE, rewrite_metadata
 
 
 @pytest.fixture(scope="module")
 def kf(tmp_path_factory):
     x = np.sin(np.linspace(0, 200, 3000)).astype(np.float32) * 0.3
     return kancodec.encode(x, sr=8000, **{**TINY_ENCODE, "steps": 3})
-
-
-def _rewrite_metadata(data: bytes, change) -> bytes:
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    change(header["__metadata__"])
-    new = json.dumps(header).encode()
-    new += b" " * (-len(new) % 8)
-    return struct.pack("<Q", len(new)) + new + data[8 + n:]
 
 
 def test_roundtrip_keeps_everything(kf, tmp_path):
@@ -61,14 +53,32 @@ def test_tampered_tensor_bytes_fail_the_checksum(kf):
         kanfile.from_bytes(bytes(data))
 
 
+def test_edited_metadata_fails_the_checksum(kf):
+    """Since version 2 the checksum covers the metadata: a changed sample rate is refused."""
+    def halve(m):
+        audio = json.loads(m["kancodec.audio"])
+        audio["sample_rate"] //= 2
+        m["kancodec.audio"] = json.dumps(audio)
+    assert b'"kancodec.version":"2"' in kf.to_bytes()[:4000]
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        kanfile.from_bytes(rewrite_metadata(kf.to_bytes(), halve, rehash=False))
+    # a version 1 file (tensors-only checksum) with the same edit is read, and says so
+    old = rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.version": "1"}), rehash=False)
+    old = rewrite_metadata(old, lambda m: m.update({"kancodec.sha256": container.checksum(st_load(old))}), rehash=False)
+    back = kanfile.from_bytes(rewrite_metadata(old, halve, rehash=False))
+    assert back.audio.sample_rate == kf.audio.sample_rate // 2 and not back.metadata_checked
+    assert kancodec.describe(back)["checksum"] == "tensors only (version 1 file)"
+    assert kancodec.describe(kf)["checksum"] == "metadata and tensors"
+
+
 def test_unknown_version(kf):
-    data = _rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.version": "99"}))
+    data = rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.version": "99"}))
     with pytest.raises(FormatError, match="version 99 is not supported.*upgrade kancodec"):
         kanfile.from_bytes(data)
 
 
 def test_wrong_tag(kf):
-    data = _rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.format": "other"}))
+    data = rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.format": "other"}))
     with pytest.raises(FormatError, match="not a kancodec file"):
         kanfile.from_bytes(data)
 
@@ -79,11 +89,11 @@ def test_config_that_disagrees_with_the_tensors(kf):
         cfg["hidden"] = [16, 8]
         m["kancodec.inr"] = json.dumps(cfg)
     with pytest.raises(FormatError, match="the config needs"):
-        kanfile.from_bytes(_rewrite_metadata(kf.to_bytes(), widen))
+        kanfile.from_bytes(rewrite_metadata(kf.to_bytes(), widen))
 
 
 def test_missing_metadata(kf):
-    data = _rewrite_metadata(kf.to_bytes(), lambda m: m.pop("kancodec.audio"))
+    data = rewrite_metadata(kf.to_bytes(), lambda m: m.pop("kancodec.audio"))
     with pytest.raises(FormatError, match="'kancodec.audio' is missing"):
         kanfile.from_bytes(data)
 

@@ -8,15 +8,17 @@ library-parameter-to-flag mapping live in :mod:`.common`.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..corpus import AUDIO_EXT
 from . import bench, codec, evaluate, train  # noqa: F401  (each registers its commands on app)
-from .common import EXIT_CODES, HYPER_DEFAULT, app
+from .common import EXIT_CODES, HYPER_DEFAULT, Terminated, app, err, interrupted, message
 
 
 def _version(value: bool) -> None:
@@ -42,8 +44,39 @@ def optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _is_click(e: Exception, name: str) -> bool:
+    """Whether ``e`` is Click's exception ``name`` (or a subclass): by name, since Typer
+    ships its own copy of Click in some versions and uses Click's in others."""
+    return any(t.__name__ == name for t in type(e).__mro__)
+
+
 def run() -> None:
-    app(args=optional_values(sys.argv[1:]), prog_name="kancodec")
+    """The ``kancodec`` program: SIGTERM cleans up like Ctrl-C, and a command line Click
+    cannot parse gets one ``error:`` line (exit 2) pointing at ``--help``."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = app(args=optional_values(sys.argv[1:]), prog_name="kancodec", standalone_mode=False)
+    except KeyboardInterrupt as e:
+        code = interrupted(e)
+    except Exception as e:
+        if _is_click(e, "NoArgsIsHelpError"):  # bare "kancodec" or "kancodec bench": the help, as Click does
+            typer.echo(e.ctx.get_help(), err=True)
+            code = 2
+        elif _is_click(e, "Abort"):
+            code = interrupted(KeyboardInterrupt())
+        elif _is_click(e, "ClickException"):
+            ctx = getattr(e, "ctx", None)
+            hint = f"; see '{ctx.command_path} --help'" if _is_click(e, "UsageError") and ctx else ""
+            err.print(f"[bold red]error:[/] {escape(message(e.format_message()).rstrip('.'))}{escape(hint)}", highlight=False,
+                      soft_wrap=True)
+            code = e.exit_code
+        else:
+            raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "run", "optional_values", "EXIT_CODES"]

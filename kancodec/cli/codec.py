@@ -114,7 +114,7 @@ def encode(
     console = Console(stderr=True, quiet=quiet)
     with errors():
         out = output or input.with_suffix(".kan")
-        check_writable(out, force)
+        check_writable(out, force, inputs=(input,))
         use_compile = compile_choice(compile)
         if preset not in ("auto", *PRESETS):
             raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
@@ -149,7 +149,7 @@ def decode(
     with errors():
         out = output or input.with_suffix(".wav")
         check_output_format(out)
-        check_writable(out, force)
+        check_writable(out, force, inputs=(input,))
         y, rate = api.decode(input, sr=sr, device=device, model=model)
         write_audio(out, y, rate, force=force)
         console.print(f"wrote {out}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz", markup=False, highlight=False)
@@ -185,7 +185,7 @@ def mix(
     console = Console(stderr=True, quiet=quiet)
     with errors():
         check_output_format(output)
-        check_writable(output, force)
+        check_writable(output, force, inputs=(a, b))
         y, rate = api.mix(a, b, ratio, model=model, device=device)
         write_audio(output, y, rate, force=force)
         console.print(f"wrote {output}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz, "

@@ -10,6 +10,7 @@ option a user types.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,28 +52,49 @@ def flag(param: str) -> str:
     return FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
-def message(e: KanError) -> str:
-    """One line: the error in the user's terms."""
+# control characters (terminal escapes, carriage returns, bidi overrides): never printed raw
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text from files or exceptions, safe for a terminal: control characters as escapes
+    (``\\x1b``), newlines and tabs as they are."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+def message(e: KanError | str) -> str:
+    """One line: the error in the user's terms, control characters escaped."""
     text = e.render(flag) if isinstance(e, OptionError) else str(e)
-    return " ".join(text.split())
+    return " ".join(printable(text).split())
 
 
-def fail(e: KanError) -> None:
-    code = next(c for t, c in EXIT_CODES.items() if isinstance(e, t))
+def fail(e: KanError | str, code: int | None = None) -> None:
+    """Print one ``error:`` line and exit with the error's code (or ``code``)."""
+    if code is None:
+        code = next(c for t, c in EXIT_CODES.items() if isinstance(e, t))
     err.print(f"[bold red]error:[/] {escape(message(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every ``finally`` (temporary files) runs."""
+
+
+def interrupted(e: KeyboardInterrupt) -> int:
+    """Report Ctrl-C or SIGTERM -> the exit code (130 or 143)."""
+    err.print("terminated; nothing was written" if isinstance(e, Terminated) else "interrupted; nothing was written")
+    return 143 if isinstance(e, Terminated) else 130
+
+
 @contextmanager
 def errors() -> Iterator[None]:
-    """Map library errors to one line and an exit code; Ctrl-C to 130."""
+    """Map library errors to one line and an exit code; Ctrl-C to 130, SIGTERM to 143."""
     try:
         yield
     except KanError as e:
         fail(e)
-    except KeyboardInterrupt:
-        err.print("interrupted; nothing was written")
-        raise typer.Exit(130)
+    except KeyboardInterrupt as e:
+        raise typer.Exit(interrupted(e)) from None
 
 
 def progress_bar(console: Console, description: str, total: int, done: int = 0) -> tuple[Progress, int]:
@@ -136,10 +158,11 @@ def number_list(text: str, option: str, example: str, kind=int) -> list:
 
 
 def rows_table(rows: list[tuple[str, str]]) -> Table:
-    """Label/text rows as a borderless table; text from files is escaped (no Rich markup)."""
+    """Label/text rows as a borderless table; text from files is escaped (no Rich markup,
+    no control characters)."""
     t = Table(show_header=False, box=None)
     for k, v in rows:
-        t.add_row(f"[bold]{escape(k)}[/]", escape(v))
+        t.add_row(f"[bold]{escape(printable(k))}[/]", escape(printable(v)))
     return t
 
 
