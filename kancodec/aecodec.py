@@ -27,19 +27,21 @@ files with one affine step per channel and latent dimension (rows of ``(latent, 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from . import __version__, container
+from . import __version__, container, schema
 from . import ae as aemod
 from .audio import SILENCE, resample
-from .codec import Encoded, bitrate, fit_length, integrity, integrity_rows, measure
+from .codec import Encoded, bitrate, fact, fit_length, integrity, integrity_rows, measure
 from .errors import FormatError, InputError, KanError, OptionError
-from .modelfile import find_by_hash
+from .modelfile import MODEL_NAME, find_by_hash
 from .quant import BITS_CHOICES, check_bits, dequantise, pack_bits, packed_size, quantise, unpack_bits
 
 TAG = "kancodec-ae"
@@ -123,6 +125,9 @@ def load_model_for(af: AEFile, dev: torch.device, model: str | Path | None = Non
     if ref.sha256 != sha:
         raise FormatError(f"{where} was coded with model {name!r} (SHA-256 {sha[:12]}…), but {ref.path} is a different "
                           "model; decode with the model file it was made with (decode --model PATH)")
+    if m.config != af.config:
+        raise FormatError(f"{where}: its metadata kancodec.model.config differs from the config of the model it names "
+                          f"({ref.path.name}); the file is damaged or crafted, re-encode the audio")
     return m
 
 
@@ -181,6 +186,11 @@ class AECodec:
         y = resample(_decode_with(load_model_for(af, device, model), af, device), a.model_sr, sr)
         return fit_length(y, round(a.frames * sr / a.sample_rate)).astype(np.float32)
 
+    def stream(self, af: AEFile, sr: int, *, device: torch.device, model: str | Path | None = None,
+               **_) -> Iterator[np.ndarray]:
+        """:meth:`decode` as one block (the model decodes a whole clip at once)."""
+        yield self.decode(af, sr, device=device, model=model)
+
     def from_container(self, meta, tensors, where: str) -> AEFile:
         return _from_container(meta, tensors, where)
 
@@ -203,7 +213,7 @@ class AECodec:
             ("size", f"{size:,} bytes: {kbps:.2f} kbps ({af.pcm_kbps() / kbps:.1f}x smaller than 16-bit PCM)"),
         ]
         if "snr_db" in e:
-            rows.append(("quality", f"SNR {e['snr_db']:.2f} dB, SI-SNR {e['si_snr_db']:.2f} dB "
+            rows.append(("quality", f"SNR {fact(e, 'snr_db', '.2f')} dB, SI-SNR {fact(e, 'si_snr_db', '.2f')} dB "
                                     f"(decoded vs input at {a.model_sr} Hz)"))
         return rows + integrity_rows(af)
 
@@ -214,37 +224,47 @@ class AECodec:
                 **af.code}
 
 
+#: bounds of the integer fields of an autoencoder's config (:func:`kancodec.schema.dataclass_values`)
+CONFIG_BOUNDS = {"sample_rate": schema.RATES, "frame": (8, 1 << 16), "hop": (1, 1 << 16), "grid": (1, 256),
+                 "order": (1, 5), "codebooks": (1, 64), "codebook_size": (2, 1 << 16), "latent_bits": (2, 32)}
+
+
 def _from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> AEFile:
+    """Check an autoencoder file's metadata (:mod:`kancodec.schema`) and tensors -> :class:`AEFile`."""
+    model = schema.obj(where, "kancodec.model", container.field(meta, "model", where), ("name", "sha256", "config"))
+    name, sha = model["name"], model["sha256"]
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise schema.bad(where, "kancodec.model.name", name, "is not a model name (letters, digits, . _ + -)")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise schema.bad(where, "kancodec.model.sha256", sha, "is not a SHA-256")
+    values = schema.dataclass_values(where, "kancodec.model.config", aemod.AEConfig, model["config"], CONFIG_BOUNDS)
+    a = schema.audio_facts(where, container.field(meta, "audio", where),
+                           ("sample_rate", "channels", "frames", "model_sr", "model_frames", "steps"))
+    for key in ("model_sr", "model_frames", "steps"):
+        schema.integer(where, f"kancodec.audio.{key}", a[key], 1, schema.MAX_SECONDS * schema.RATES[1])
+    audio = AEAudio(**a)
+    code = container.field(meta, "code", where)
     try:
-        model = container.field(meta, "model", where)
-        audio = AEAudio(**container.field(meta, "audio", where))
-        code = container.field(meta, "code", where)
-        config = aemod.AEConfig(**model["config"])
-        name, sha = str(model["name"]), str(model["sha256"])
-    except FormatError:
-        raise
-    except (TypeError, KeyError, ValueError) as e:
-        raise FormatError(f"{where}: metadata does not describe a valid encoding ({e}); re-encode the audio") from None
+        config = aemod.AEConfig(**values)
     except KanError as e:
-        raise FormatError(f"{where}: {e}") from None
+        raise FormatError(f"{where}: metadata kancodec.model.config is not a valid autoencoder ({e}); "
+                          "re-encode the audio") from None
     c, a = config, audio
-    try:
-        n_frames = math.ceil((a.model_frames + c.frame - c.hop) / c.hop)
-        plausible = (a.model_sr == c.sample_rate and a.steps == n_frames and a.channels >= 1 and a.frames >= 1
-                     and abs(a.model_frames - a.frames * a.model_sr / a.sample_rate) <= 2 and len(sha) == 64 and name)
-    except (TypeError, ZeroDivisionError):
-        plausible = False
-    if not plausible:
-        raise FormatError(f"{where}: impossible audio or model facts; the file is damaged, re-encode it")
+    n_frames = math.ceil((a.model_frames + c.frame - c.hop) / c.hop)
+    if a.model_sr != c.sample_rate:
+        raise schema.bad(where, "kancodec.audio.model_sr", a.model_sr, f"is not the model's rate ({c.sample_rate} Hz)")
+    if abs(a.model_frames - a.frames * a.model_sr / a.sample_rate) > 2:
+        raise schema.bad(where, "kancodec.audio.model_frames", a.model_frames,
+                         f"does not match {a.frames:,} frames at {a.sample_rate} Hz")
+    if a.steps != n_frames:
+        raise schema.bad(where, "kancodec.audio.steps", a.steps, f"does not match the model's hop ({n_frames} frames)")
     if c.quantized:
-        n = code.get("codebooks")
-        if not isinstance(n, int) or not 1 <= n <= c.codebooks:
-            raise FormatError(f"{where}: {n} codebooks, the model has {c.codebooks}; the file is damaged, re-encode it")
+        n = schema.integer(where, "kancodec.code.codebooks", schema.obj(where, "kancodec.code", code, ("codebooks",))
+                           ["codebooks"], 1, c.codebooks)
         expected = {"codes": ((a.channels * n, packed_size(a.steps, c.code_bits)), "uint8")}
     else:
-        bits = code.get("bits")
-        if bits not in BITS_CHOICES:
-            raise FormatError(f"{where}: latents at {bits} bits are not supported; the file is damaged, re-encode it")
+        bits = schema.choice(where, "kancodec.code.bits", schema.obj(where, "kancodec.code", code, ("bits",))["bits"],
+                             BITS_CHOICES)
         n_values = c.latent * a.steps
         expected = {"q.latent": ((a.channels, n_values), "float32") if bits == 32
                     else ((a.channels, packed_size(n_values, bits)), "uint8")}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import aecodec, inr, inrcodec
-from .audio import check_out_rate, intake, read_audio
+from .audio import check_out_rate, intake, read_audio, write_blocks
 from .codec import Encoded
 from .errors import InputError, OptionError
 from .fit import FitSettings, time_grid
@@ -82,23 +82,54 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     return inrcodec.CODEC.encode(x, rate, bits=bits, device=dev, progress=progress, **given)
 
 
+#: decodes of more audio than this need an explicit ``max_seconds`` (``--max-seconds``)
+MAX_SECONDS = 6 * 3600
+
+
+def _to_decode(kan: Encoded | str | Path, sr: int | None, max_seconds: float) -> tuple[Encoded, int]:
+    kf = load(kan) if isinstance(kan, (str, Path)) else kan
+    rate = check_out_rate(kf.audio.sample_rate if sr is None else sr)
+    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise OptionError(f"{{max_seconds}} {max_seconds}: must be a number of seconds above 0", "max_seconds")
+    if kf.audio.duration > max_seconds:
+        raise OptionError(f"the file holds {kf.audio.duration / 3600:.2f} h of audio, more than {{max_seconds}} "
+                          f"{max_seconds:g} s; raise {{max_seconds}} to decode it", "max_seconds")
+    return kf, rate
+
+
 def decode(kan: Encoded | str | Path, sr: int | None = None, *, device: str | torch.device | None = None,
            compile: bool | str = "auto", progress: Progress | None = None,
-           model: str | Path | None = None) -> tuple[np.ndarray, int]:
+           model: str | Path | None = None, max_seconds: float = MAX_SECONDS) -> tuple[np.ndarray, int]:
     """Decode a ``.kan`` file (path or loaded) at any sample rate (default: the original's).
 
     INR files: at or above the fitted rate the networks are evaluated on the finer time
     grid; below it they are evaluated at the fitted rate and low-passed, so nothing aliases.
     Autoencoder files need the model they name (or ``model``, a name or path, which must be
-    that same model file). Output length is ``round(duration × sr)``.
+    that same model file). Output length is ``round(duration × sr)``. Files of more than
+    ``max_seconds`` of audio are refused (OptionError) unless it is raised.
 
     Returns:
         ``((channels, frames) float32, sr)``.
     """
-    kf = load(kan) if isinstance(kan, (str, Path)) else kan
-    rate = check_out_rate(kf.audio.sample_rate if sr is None else sr)
+    kf, rate = _to_decode(kan, sr, max_seconds)
     dev = resolve_device(device)
     return codec_for(kf).decode(kf, rate, device=dev, compile=compile, progress=progress, model=model), rate
+
+
+def decode_to(kan: Encoded | str | Path, path: str | Path, sr: int | None = None, *, force: bool = False,
+              device: str | torch.device | None = None, compile: bool | str = "auto",
+              progress: Progress | None = None, model: str | Path | None = None,
+              max_seconds: float = MAX_SECONDS) -> tuple[int, int, int]:
+    """:func:`decode` straight into a WAV or FLAC file, block by block (INR files decode in
+    memory bounded by a few windows, however long), written atomically.
+
+    Returns:
+        ``(frames, channels, sr)`` written.
+    """
+    kf, rate = _to_decode(kan, sr, max_seconds)
+    dev = resolve_device(device)
+    blocks = codec_for(kf).stream(kf, rate, device=dev, compile=compile, progress=progress, model=model)
+    return write_blocks(path, blocks, rate, kf.audio.channels, force=force), kf.audio.channels, rate
 
 
 def describe(kan: Encoded | str | Path, size: int | None = None) -> dict:

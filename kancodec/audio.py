@@ -10,7 +10,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -201,3 +201,22 @@ def write_audio(path: str | Path, x: np.ndarray, sr: int, force: bool = False, s
             sf.write(str(tmp), data, sr, format=fmt, subtype=subtype or "PCM_16")
         except sf.LibsndfileError as e:  # libsndfile reports a full disk as its own error, not OSError
             raise OSError(str(e)) from None
+
+
+def write_blocks(path: str | Path, blocks: Iterable[np.ndarray], sr: int, channels: int, force: bool = False,
+                 subtype: str | None = None) -> int:
+    """Write ``(C, n)`` float blocks one after another to WAV or FLAC, atomically, so a long
+    decode never holds its whole output; samples clipped as :func:`write_audio`. Returns the
+    frames written."""
+    fmt = check_output_format(path)
+    frames = 0
+    with atomic_path(path, force) as tmp:
+        try:
+            with sf.SoundFile(str(tmp), "w", samplerate=sr, channels=channels, format=fmt,
+                              subtype=subtype or "PCM_16") as f:
+                for block in blocks:
+                    f.write(np.clip(block, -1.0, 1.0).T)
+                    frames += block.shape[1]
+        except sf.LibsndfileError as e:  # libsndfile reports a full disk as its own error, not OSError
+            raise OSError(str(e)) from None
+    return frames

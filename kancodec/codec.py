@@ -11,7 +11,7 @@ that implements :class:`Codec` and one line in that registry.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -81,6 +81,9 @@ class Codec(Protocol):
     def decode(self, encoded: Encoded, sr: int, *, device: torch.device, **options) -> np.ndarray:
         """An encoded clip -> ``(C, round(frames × sr / sample_rate))`` float32 at ``sr``."""
 
+    def stream(self, encoded: Encoded, sr: int, *, device: torch.device, **options) -> Iterator[np.ndarray]:
+        """The samples of :meth:`decode` as ``(C, n)`` blocks in order (bounded memory where the codec can)."""
+
     def from_container(self, meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> Encoded:
         """Check a container's metadata and tensors (its tag is this codec's) -> the clip; FormatError otherwise."""
 
@@ -113,11 +116,50 @@ def integrity_rows(encoded: Encoded) -> list[tuple[str, str]]:
     return [("checksum", "tensors only: a version 1 file, its metadata is not covered; re-encode to protect it")]
 
 
+def fact(record: object, path: str, spec: str = "") -> str:
+    """A value from a file's free-form ``encode`` record for a summary row: a number formatted
+    with ``spec``, a string as it is (cut to 60 characters), anything else as its ``repr``
+    (cut), and ``?`` where the record has no such entry. Never raises: ``info`` shows odd
+    values as they are."""
+    value = record
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return "?"
+        value = value[key]
+    if type(value) in (int, float):
+        return format(value, spec)
+    if isinstance(value, str):
+        return value[:60]
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def measure(out: np.ndarray, ref: np.ndarray) -> dict:
     """What an encode reached, stored in the file: SNR and SI-SNR (dB, mean over channels)
     of the decoded ``out`` against ``ref``, both ``(C, T)`` at the same rate."""
     o, r = torch.from_numpy(out), torch.from_numpy(ref)
     return {"snr_db": round(float(snr(o, r).mean()), 3), "si_snr_db": round(float(si_snr(o, r).mean()), 3)}
+
+
+def measure_blocks(blocks: Iterable[np.ndarray], ref: np.ndarray) -> dict:
+    """:func:`measure` over the decode given as ``(C, n)`` blocks in order, so a long file is
+    never held whole: running float64 sums per channel (SNR, and SI-SNR with the means
+    removed, both as :mod:`kancodec.loss` defines them)."""
+    c = ref.shape[0]
+    so, sr, soo, srr, sor, sdd = (np.zeros(c) for _ in range(6))
+    n = 0
+    for block in blocks:
+        o, r = block.astype(np.float64), ref[:, n:n + block.shape[1]].astype(np.float64)
+        so += o.sum(1); sr += r.sum(1); soo += (o * o).sum(1); srr += (r * r).sum(1)
+        sor += (o * r).sum(1); sdd += ((o - r) ** 2).sum(1)
+        n += block.shape[1]
+    n = max(n, 1)
+    snr_db = 10 * np.log10((srr + 1e-12) / (sdd + 1e-12))
+    cov, vr, vo = sor - so * sr / n, srr - sr * sr / n, soo - so * so / n
+    alpha = cov / (vr + 1e-8)
+    target, noise = alpha * alpha * vr, np.maximum(vo - 2 * alpha * cov + alpha * alpha * vr, 0.0)
+    si_snr_db = 10 * np.log10((target + 1e-8) / (noise + 1e-8))
+    return {"snr_db": round(float(snr_db.mean()), 3), "si_snr_db": round(float(si_snr_db.mean()), 3)}
 
 
 def fit_length(y: np.ndarray, n: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The INR codec: audio -> windows -> fitted (or predicted) networks -> quantised ``.kan`` file.
 
 Encoding, in order: the audio is resampled to the fitting rate and cut into overlapping
-windows (:func:`kancodec.audio.split_windows`); silent windows are stored as a gain of 0;
+windows (:func:`cut`); silent windows are stored as a gain of 0;
 the others are peak-normalised and fitted in batches (:mod:`kancodec.fit`), each batch
 starting from an :class:`Initialiser` (random, or a FewSound prediction); the weights are
 quantised (:mod:`kancodec.quant`) into a :class:`~kancodec.inrfile.KanFile`, which is
@@ -11,21 +11,25 @@ time grid and cross-fades them (:func:`decode`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import soxr
 import torch
 
 from . import __version__, inr
-from .audio import SILENCE, crossfade_weights, resample, split_windows
-from .codec import bitrate, fit_length, integrity, integrity_rows, measure
+from .audio import SILENCE, crossfade_weights, n_windows, resample
+from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
 from .errors import OptionError
 from .fit import FitProgress, fit, preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, from_container
 from .quant import check_bits, quantise
+from .schema import MAX_CHUNK
 from .runtime import Event, Progress, batch_size, tune_allocator, want_compile
 
 #: peak learning rate of ``refine`` (fitting from a hypernetwork's prediction): on 4 held-out
@@ -33,6 +37,8 @@ from .runtime import Event, Progress, batch_size, tune_allocator, want_compile
 REFINE_LR = 5e-2
 DEFAULT_CHUNK = 32768
 DEFAULT_OVERLAP = 1024
+#: below the fitted rate, outputs of more fitted frames than this are resampled as a stream
+STREAM_FROM = 1 << 24
 
 
 #: the most fitting steps an encode takes (about a day per window on a CPU)
@@ -83,23 +89,33 @@ class HyperInit:
 
 @dataclass(frozen=True)
 class Windows:
-    """The audio as the fit sees it: ``flat`` ``(C × W, chunk)`` windows at ``fit_sr``, their
-    peaks ``gains`` ``(C × W,)`` (0 = silent) and the rows ``active`` to fit."""
+    """The audio as the fit sees it: ``C × W`` windows of ``chunk`` samples at ``fit_sr`` (a
+    view of ``xf``, not a copy), their peaks ``gains`` ``(C × W,)`` (0 = silent) and the rows
+    ``active`` to fit; rows are channel-major."""
 
     xf: np.ndarray  # (C, T') the audio at fit_sr
-    flat: np.ndarray
+    win: np.ndarray  # (C, W, chunk) read-only view of the zero-padded audio
     gains: np.ndarray
     active: np.ndarray
     per_channel: int
 
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Windows ``idx`` (rows of the ``C × W`` axis) -> ``(len(idx), chunk)`` float32 copies."""
+        return self.win[idx // self.per_channel, idx % self.per_channel]
+
 
 def cut(x: np.ndarray, sr: int, fit_sr: int, chunk: int, overlap: int) -> Windows:
+    """Resample to the fitting rate and find each window's peak, one block of windows at a
+    time: memory is the audio and its padded copy, whatever the window count."""
     xf = resample(x, sr, fit_sr)
-    win = split_windows(xf, chunk, overlap)  # (C, W, chunk)
-    flat = win.reshape(-1, chunk)
-    gains = np.abs(flat).max(-1)
+    c, t = xf.shape
+    n, hop = n_windows(t, chunk, overlap), chunk - overlap
+    padded = np.zeros((c, (n - 1) * hop + chunk), dtype=np.float32)
+    padded[:, :t] = xf
+    win = np.lib.stride_tricks.sliding_window_view(padded, chunk, axis=1)[:, ::hop]  # (C, W, chunk)
+    gains = np.concatenate([np.abs(win[ch, j:j + 256]).max(-1) for ch in range(c) for j in range(0, n, 256)])
     gains = np.where(gains >= SILENCE, gains, 0.0).astype(np.float32)
-    return Windows(xf, flat, gains, np.nonzero(gains)[0], win.shape[1])
+    return Windows(xf, win, gains, np.nonzero(gains)[0], n)
 
 
 class InrCodec:
@@ -137,8 +153,8 @@ class InrCodec:
         config = config or inr.KANConfig()
         chunk = DEFAULT_CHUNK if chunk is None else chunk
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
-        if chunk < 256 or not 0 <= overlap < chunk // 2:
-            raise OptionError(f"{{chunk}} {chunk} / {{overlap}} {overlap}: need {{chunk}} >= 256 and "
+        if not 256 <= chunk <= MAX_CHUNK or not 0 <= overlap < chunk // 2:
+            raise OptionError(f"{{chunk}} {chunk} / {{overlap}} {overlap}: need 256 <= {{chunk}} <= {MAX_CHUNK:,} and "
                               f"0 <= {{overlap}} < {{chunk}}/2", "chunk", "overlap")
         fit_sr = int(sr if fit_sr is None else fit_sr)
         if not 1000 <= fit_sr <= 192000:
@@ -163,17 +179,16 @@ class InrCodec:
             "kancodec": __version__, "preset": resolve_preset(preset_name, device), "settings": asdict(settings),
             "device": str(device), "compile": use_compile, "seconds": round(time.perf_counter() - start, 3),
             **({"hyper": made} if made else {})})
-        kf.encode.update(measure(self.decode(kf, fit_sr, device=device), w.xf))  # what the file really holds
+        kf.encode.update(measure_blocks(self.stream(kf, fit_sr, device=device), w.xf))  # what the file holds
         return kf
 
     @staticmethod
     def _fit(config, w: Windows, init, settings, fit_sr, dev, compile, batch, progress) -> tuple[dict, bool]:
         """Fit every active window in batches -> ``({name: (C × W, …)} on the CPU, compiled?)``."""
-        n_win, chunk = w.flat.shape
-        target_all = torch.from_numpy(w.flat[w.active] / w.gains[w.active, None])
-        bsz = batch or batch_size(dev, chunk)
-        n_batches = math.ceil(len(w.active) / bsz) if len(w.active) else 0
+        n_win, chunk = w.gains.shape[0], w.win.shape[-1]
         use_compile = want_compile(compile, settings.steps * len(w.active))
+        bsz = batch or batch_size(dev, chunk, use_compile)
+        n_batches = math.ceil(len(w.active) / bsz) if len(w.active) else 0
         total = settings.steps * n_batches
         if progress:
             made = init.describe()
@@ -184,7 +199,7 @@ class InrCodec:
         fitted = {k: torch.zeros_like(v) for k, v in inr.init_params(config, n_win, settings.seed).items()}
         for b in range(n_batches):
             idx = w.active[b * bsz:(b + 1) * bsz]
-            target = target_all[b * bsz:(b + 1) * bsz].to(dev)
+            target = torch.from_numpy(w.rows(idx) / w.gains[idx, None]).to(dev)
             start = init(target, b)
             reporter = None
             if progress:
@@ -203,15 +218,37 @@ class InrCodec:
         """At or above the fitted rate the networks are evaluated on the finer time grid; below
         it they are evaluated at the fitted rate and resampled with a proper low-pass, so
         nothing aliases. Output length is ``round(frames × sr / sample_rate)``."""
-        tune_allocator()
         a = kf.audio
         n_out = round(a.frames * sr / a.sample_rate)
-        params = kf.params()
         if sr >= a.fit_sr:
-            return _eval_windows(kf, params, sr, n_out, device, compile, progress)
+            return np.concatenate(list(_eval_windows(kf, sr, n_out, device, compile, progress)), axis=1)
         n_fit = round(a.frames * a.fit_sr / a.sample_rate)
-        y = resample(_eval_windows(kf, params, a.fit_sr, n_fit, device, compile, progress), a.fit_sr, sr)
+        y = resample(np.concatenate(list(_eval_windows(kf, a.fit_sr, n_fit, device, compile, progress)), axis=1),
+                     a.fit_sr, sr)
         return y if y.shape[1] == n_out else fit_length(y, n_out)
+
+    def stream(self, kf: KanFile, sr: int, *, device: torch.device, compile: bool | str = "auto",
+               progress: Progress | None = None, **_) -> Iterator[np.ndarray]:
+        """The same samples as :meth:`decode`, as ``(C, n)`` blocks in order, in memory bounded
+        by a few windows: below the fitted rate long files are resampled as a stream (soxr's,
+        equal to the one-shot resampler within its rounding), shorter ones as :meth:`decode`."""
+        a = kf.audio
+        n_out = round(a.frames * sr / a.sample_rate)
+        n_fit = round(a.frames * a.fit_sr / a.sample_rate)
+        if sr >= a.fit_sr:
+            yield from _eval_windows(kf, sr, n_out, device, compile, progress)
+        elif n_fit <= STREAM_FROM:
+            yield self.decode(kf, sr, device=device, compile=compile, progress=progress)
+        else:
+            rs, done = soxr.ResampleStream(a.fit_sr, sr, a.channels, dtype="float32", quality="HQ"), 0
+            blocks = _eval_windows(kf, a.fit_sr, n_fit, device, compile, progress)
+            for block in itertools.chain(blocks, [None]):
+                y = rs.resample_chunk(np.zeros((0, a.channels), np.float32) if block is None else block.T,
+                                      last=block is None).T[:, :n_out - done]
+                done += y.shape[1]
+                yield np.ascontiguousarray(y, dtype=np.float32)
+            if done < n_out:
+                yield np.zeros((a.channels, n_out - done), np.float32)
 
     def from_container(self, meta, tensors, where: str) -> KanFile:
         return from_container(meta, tensors, where)
@@ -232,34 +269,40 @@ class InrCodec:
                      f"({kf.pcm_kbps() / kbps:.2f}x smaller than 16-bit PCM at {kf.pcm_kbps():.0f} kbps)"),
         ]
         if "snr_db" in e:
-            rows.append(("quality", f"SNR {e['snr_db']:.2f} dB, SI-SNR {e['si_snr_db']:.2f} dB "
+            rows.append(("quality", f"SNR {fact(e, 'snr_db', '.2f')} dB, SI-SNR {fact(e, 'si_snr_db', '.2f')} dB "
                                     f"(decoded file vs input at {a.fit_sr} Hz)"))
+        steps = e.get("settings", {}).get("steps") if isinstance(e.get("settings"), dict) else None
         if "hyper" in e:
-            h, s = e["hyper"], e["settings"]
-            rows.append(("encoded", f"one shot with {h['model']} ({h['mode']}, {h['encoder']} encoder)"
-                                    + (f" + {s['steps']} refining steps, lr {s['lr']}" if s["steps"] else "")
-                                    + f", {e.get('device')}, {e.get('seconds', 0):.1f} s"))
+            rows.append(("encoded", f"one shot with {fact(e, 'hyper.model')} ({fact(e, 'hyper.mode')}, "
+                                    f"{fact(e, 'hyper.encoder')} encoder)"
+                                    + (f" + {fact(e, 'settings.steps')} refining steps, lr {fact(e, 'settings.lr')}"
+                                       if steps else "")
+                                    + f", {fact(e, 'device')}, {fact(e, 'seconds', '.1f')} s"))
         elif "settings" in e:
-            s = e["settings"]
-            rows.append(("encoded", f"preset {e.get('preset')}, {s['steps']} steps, lr {s['lr']}, seed {s['seed']}, "
-                                    f"{e.get('device')}, {e.get('seconds', 0):.1f} s"))
+            rows.append(("encoded", f"preset {fact(e, 'preset')}, {fact(e, 'settings.steps')} steps, "
+                                    f"lr {fact(e, 'settings.lr')}, seed {fact(e, 'settings.seed')}, "
+                                    f"{fact(e, 'device')}, {fact(e, 'seconds', '.1f')} s"))
         return rows + integrity_rows(kf)
 
     def brief(self, kf: KanFile) -> dict:
         return {"label": f"{kf.config.arch}, {kf.bits} bits", "bits": kf.bits, "arch": kf.config.arch}
 
 
-def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_out: int,
-                  dev: torch.device, compile: bool | str, progress: Progress | None) -> np.ndarray:
-    """Evaluate every window on the output grid (``out_sr`` >= fitted rate) and cross-fade."""
+def _eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compile: bool | str,
+                  progress: Progress | None) -> Iterator[np.ndarray]:
+    """Evaluate every window on the output grid (``out_sr`` >= fitted rate) and cross-fade:
+    ``(C, n)`` float32 blocks, each yielded as soon as no later window reaches it, adding up
+    to ``n_out`` samples. Memory: one batch of windows and the samples they span."""
+    tune_allocator()
     a, config = kf.audio, kf.config
     hop = a.chunk - a.overlap
     ratio = out_sr / a.fit_sr
     starts = np.arange(a.windows) * hop / a.fit_sr  # seconds
     first_m = np.ceil(starts * out_sr - 1e-9).astype(np.int64)
     span = int(math.ceil(a.chunk * ratio)) + 1
-    out = np.zeros((a.channels, n_out), dtype=np.float64)
-    wsum = np.zeros(n_out, dtype=np.float64)
+    base = 0  # output index of out[:, 0]: the samples before it were yielded
+    out = np.zeros((a.channels, 0), dtype=np.float64)
+    wsum = np.zeros(0, dtype=np.float64)
     shared = float(hop * ratio).is_integer()
     use_compile = want_compile(compile, a.windows * a.channels * span / 32768, pays_from=64)
     fn, features = inr.forward_fn(use_compile), inr.features_fn(use_compile)
@@ -271,8 +314,8 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
         m = first_m[ws, None] + np.arange(span)[None, :]  # (w, span) output sample indices
         tau = (m / out_sr - starts[ws, None]) * a.fit_sr  # position in fitted samples
         t = torch.from_numpy(-1.0 + 2.0 * tau / (a.chunk - 1)).float().to(dev)
-        rows = torch.from_numpy((np.arange(a.channels)[:, None] * a.windows + ws[None, :]).reshape(-1))
-        p = {k: v[rows].to(dev) for k, v in params.items()}
+        rows = (np.arange(a.channels)[:, None] * a.windows + ws[None, :]).reshape(-1)
+        p = {k: v.to(dev) for k, v in kf.params(rows).items()}
         with torch.inference_mode():
             if shared:  # every window sees the same local grid: features computed once
                 if shared_feats is None:
@@ -282,15 +325,26 @@ def _eval_windows(kf: KanFile, params: dict[str, torch.Tensor], out_sr: int, n_o
                 feats = features(config, t)[torch.arange(len(rows)) % len(ws)]
             y = inr.forward_chunked(config, p, feats, fn)
         y = y.reshape(a.channels, len(ws), span).cpu().double().numpy()
+        end = min(n_out, int(m[-1, -1]) + 1)
+        if end - base > out.shape[1]:  # room for the samples this batch reaches
+            grow = end - base - out.shape[1]
+            out, wsum = np.pad(out, ((0, 0), (0, grow))), np.pad(wsum, (0, grow))
         for j, w in enumerate(ws):
             valid = (m[j] < n_out) & (tau[j] < a.chunk)
             wt = crossfade_weights(tau[j], a.chunk, a.overlap, w == 0, w == a.windows - 1) * valid
-            sel = m[j][valid]
+            sel = m[j][valid] - base
             out[:, sel] += y[:, j, valid] * gains[:, w, None] * wt[valid]
             wsum[sel] += wt[valid]
+        final = n_out if ws[-1] + 1 == a.windows else min(n_out, int(first_m[ws[-1] + 1]))
+        if final == n_out and n_out - base > out.shape[1]:  # a tail no window reaches: silence
+            grow = n_out - base - out.shape[1]
+            out, wsum = np.pad(out, ((0, 0), (0, grow))), np.pad(wsum, (0, grow))
+        k = final - base
+        if k > 0:
+            yield (out[:, :k] / np.maximum(wsum[:k], 1e-12)).astype(np.float32)
+            out, wsum, base = out[:, k:], wsum[k:], final
         if progress:
             progress(Event("decode", int(ws[-1]) + 1, a.windows))
-    return (out / np.maximum(wsum, 1e-12)).astype(np.float32)
 
 
 CODEC = InrCodec()

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from . import container, inr
+from . import container, inr, schema
 from .codec import Encoded
-from .errors import FormatError, KanError
+from .errors import FormatError
 from .quant import BITS_CHOICES, dequantise, packed_size
 
 TAG = "kancodec-inr"
@@ -70,9 +70,12 @@ class KanFile(Encoded):
     def gains(self) -> np.ndarray:
         return self.tensors["gain"]
 
-    def params(self) -> dict[str, torch.Tensor]:
-        """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32."""
-        return inr.expand(self.config, dequantise(self.tensors, inr.stored_shapes(self.config), self.bits,
+    def params(self, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32, or
+        only the networks ``rows`` (indices into that axis) so a long file dequantises a
+        batch at a time."""
+        stored = self.tensors if rows is None else {k: v[rows] for k, v in self.tensors.items()}
+        return inr.expand(self.config, dequantise(stored, inr.stored_shapes(self.config), self.bits,
                                                   self.config.keep_float))
 
     def fields(self) -> dict:
@@ -81,19 +84,17 @@ class KanFile(Encoded):
 
 
 def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> KanFile:
-    """Check an INR file's metadata and tensors -> :class:`KanFile`; FormatError on any problem."""
-    try:
-        config = inr.config_from_dict(container.field(meta, "inr", where))
-        audio = AudioInfo(**container.field(meta, "audio", where))
-        bits = int(container.field(meta, "quant", where)["bits"])
-    except (TypeError, KeyError, ValueError) as e:
-        raise FormatError(f"{where}: metadata does not describe a valid encoding ({e}); re-encode the audio") from None
-    except FormatError:
-        raise
-    except KanError as e:  # bad config values
-        raise FormatError(f"{where}: {e}") from None
-    if bits not in BITS_CHOICES:
-        raise FormatError(f"{where}: quantisation to {bits} bits is not supported; re-encode the audio")
+    """Check an INR file's metadata (:mod:`kancodec.schema`) and tensors -> :class:`KanFile`;
+    FormatError naming the field and value on any problem."""
+    config = schema.inr_config(where, container.field(meta, "inr", where))
+    audio = AudioInfo(**schema.inr_audio(where, container.field(meta, "audio", where)))
+    quant = schema.obj(where, "kancodec.quant", container.field(meta, "quant", where), ("scheme", "bits"))
+    schema.choice(where, "kancodec.quant.scheme", quant["scheme"], ("affine-per-row",))
+    bits = schema.choice(where, "kancodec.quant.bits", quant["bits"], BITS_CHOICES)
+    work = schema.decode_work(config, audio.chunk, audio.fit_sr, audio.fit_sr)
+    if work > schema.MAX_WORK_BYTES:
+        raise schema.bad(where, "kancodec.audio.chunk", audio.chunk, f"with this network needs {work / 2**30:.1f} GiB "
+                         f"per window to decode (at most {schema.MAX_WORK_BYTES >> 30} GiB)")
     kf = KanFile(config, audio, bits, tensors, container.field(meta, "encode", where))
     _check_shapes(kf, where)
     return kf
@@ -119,5 +120,3 @@ def _check_shapes(kf: KanFile, where: str) -> None:
         if tuple(t.shape) != shape or t.dtype != np.dtype(dtype):
             raise FormatError(f"{where}: tensor {name} is {t.dtype}{list(t.shape)}, the config needs {dtype}{list(shape)}; "
                               "the file is damaged, re-encode it")
-    if a.windows < 1 or a.channels < 1 or a.frames < 1 or a.overlap >= a.chunk:
-        raise FormatError(f"{where}: impossible audio facts {asdict(a)}; the file is damaged, re-encode it")

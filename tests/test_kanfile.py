@@ -65,8 +65,18 @@ def test_edited_metadata_fails_the_checksum(kf):
     # a version 1 file (tensors-only checksum) with the same edit is read, and says so
     old = rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.version": "1"}), rehash=False)
     old = rewrite_metadata(old, lambda m: m.update({"kancodec.sha256": container.checksum(st_load(old))}), rehash=False)
-    back = kanfile.from_bytes(rewrite_metadata(old, halve, rehash=False))
-    assert back.audio.sample_rate == kf.audio.sample_rate // 2 and not back.metadata_checked
+    with pytest.raises(FormatError, match="fit_frames"):  # the schema still sees the inconsistency
+        kanfile.from_bytes(rewrite_metadata(old, halve, rehash=False))
+
+    def double(m):  # a consistent edit: what only the version 2 checksum catches
+        audio = json.loads(m["kancodec.audio"])
+        audio["sample_rate"] *= 2
+        audio["frames"] *= 2
+        m["kancodec.audio"] = json.dumps(audio)
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        kanfile.from_bytes(rewrite_metadata(kf.to_bytes(), double, rehash=False))
+    back = kanfile.from_bytes(rewrite_metadata(old, double, rehash=False))
+    assert back.audio.sample_rate == kf.audio.sample_rate * 2 and not back.metadata_checked
     assert kancodec.describe(back)["checksum"] == "tensors only (version 1 file)"
     assert kancodec.describe(kf)["checksum"] == "metadata and tensors"
 

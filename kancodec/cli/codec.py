@@ -142,6 +142,9 @@ def decode(
                                      "the output is low-passed so nothing aliases."),
     model: Optional[Path] = typer.Option(None, "--model", help="Autoencoder files only: the model file to decode "
                                          "with, when it is not where kancodec looks (it must be the same model)."),
+    max_seconds: float = typer.Option(api.MAX_SECONDS, "--max-seconds", help="Refuse files holding more audio than "
+                                      "this (a guard against crafted files); raise it to decode longer ones. "
+                                      "Decoding streams into the output, so length costs disk, not memory."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Decode a .kan file to WAV or FLAC at any sample rate."""
@@ -150,9 +153,9 @@ def decode(
         out = output or input.with_suffix(".wav")
         check_output_format(out)
         check_writable(out, force, inputs=(input,))
-        y, rate = api.decode(input, sr=sr, device=device, model=model)
-        write_audio(out, y, rate, force=force)
-        console.print(f"wrote {out}: {y.shape[1] / rate:.2f} s, {y.shape[0]} ch, {rate} Hz", markup=False, highlight=False)
+        frames, channels, rate = api.decode_to(input, out, sr=sr, force=force, device=device, model=model,
+                                               max_seconds=max_seconds)
+        console.print(f"wrote {out}: {frames / rate:.2f} s, {channels} ch, {rate} Hz", markup=False, highlight=False)
 
 
 @app.command()

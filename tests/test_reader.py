@@ -1,0 +1,175 @@
+"""The .kan reader (issue 14): one schema for the metadata, resource bounds, streaming decode,
+and an ``info`` that shows odd values instead of raising."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import kancodec
+from kancodec import inrcodec, kanfile
+from kancodec.audio import n_windows
+from kancodec.errors import FormatError, OptionError
+from kancodec.inr import KANConfig
+from kancodec.inrfile import AudioInfo, KanFile
+from conftest import TINY_ENCODE, assert_one_line_error, cli, rewrite_metadata
+
+
+@pytest.fixture(scope="module")
+def kf():
+    x = (0.5 * np.sin(np.arange(6000) / 5.0)).astype(np.float32)[None]
+    return kancodec.encode(x, sr=8000, **{**TINY_ENCODE, "steps": 3})
+
+
+def edit(section: str, **changes):
+    def change(m):
+        d = json.loads(m["kancodec." + section])
+        for k, v in changes.items():
+            if v is KeyError:
+                d.pop(k)
+            else:
+                d[k] = v
+        m["kancodec." + section] = json.dumps(d)
+    return change
+
+
+# (section, change, what the one-line refusal names) -- each of these decoded to wrong audio,
+# raised a traceback or allocated gigabytes before the schema (issue 14's list)
+REFUSED = [
+    ("audio", {"sample_rate": 0}, "kancodec.audio.sample_rate = 0 is out of range"),
+    ("audio", {"sample_rate": float("nan")}, "kancodec.audio.sample_rate = nan is not a whole number"),
+    ("audio", {"sample_rate": None}, "kancodec.audio.sample_rate = None is not a whole number"),
+    ("audio", {"sample_rate": "16000"}, "kancodec.audio.sample_rate = '16000' is not a whole number"),
+    ("audio", {"sample_rate": 4000}, "kancodec.audio.fit_frames"),
+    ("audio", {"fit_sr": 1}, "kancodec.audio.fit_sr = 1 is out of range"),
+    ("audio", {"chunk": 1_000_000}, "kancodec.audio.windows"),
+    ("audio", {"chunk": 10**9}, "kancodec.audio.chunk = 1000000000 is out of range"),
+    ("audio", {"overlap": -1}, "kancodec.audio.overlap = -1 is out of range"),
+    ("audio", {"overlap": 32767}, "kancodec.audio.overlap = 32767 is out of range"),
+    ("audio", {"frames": 1.5}, "kancodec.audio.frames = 1.5 is not a whole number"),
+    ("audio", {"frames": "100"}, "kancodec.audio.frames = '100' is not a whole number"),
+    ("audio", {"frames": 10**12}, "kancodec.audio.frames = 1000000000000 is out of range"),
+    ("audio", {"frames": 1}, "kancodec.audio.fit_frames"),
+    ("audio", {"windows": 0}, "kancodec.audio.windows = 0 does not tile"),
+    ("audio", {"channels": True}, "kancodec.audio.channels = True is not a whole number"),
+    ("audio", {"windows": KeyError}, "kancodec.audio.windows is missing"),
+    ("audio", {"extra": 1}, "kancodec.audio.extra = 1 is not a field of this format"),
+    ("inr", {"grid": 10.0}, "kancodec.inr.grid = 10.0 is not a whole number"),
+    ("inr", {"n_freqs": 10.0}, "kancodec.inr.n_freqs = 10.0 is not a whole number"),
+    ("inr", {"grid_range": [1.0, -1.0]}, "kancodec.inr.grid_range = [1.0, -1.0] is not an increasing range"),
+    ("inr", {"grid_range": [float("nan"), 1.0]}, "kancodec.inr.grid_range[0] = nan is not a finite number"),
+    ("inr", {"grid_range": [-1.0, 0.0, 1.0]}, "kancodec.inr.grid_range = [-1.0, 0.0, 1.0] is not a pair"),
+    ("inr", {"order": 9}, "kancodec.inr.order = 9 is out of range"),
+    ("inr", {"arch": "finer"}, "kancodec.inr.omega_first is missing"),
+    ("inr", {"arch": "mamba"}, "kancodec.inr.arch = 'mamba' is not one of"),
+    ("inr", {"hidden": [4096, 4096, 4096]}, "is too large a network"),
+    ("inr", {"hidden": []}, "kancodec.inr.hidden = [] is not a list"),
+    ("quant", {"bits": 9}, "kancodec.quant.bits = 9 is not one of"),
+    ("quant", {"bits": 8.0}, "kancodec.quant.bits = 8.0 is not one of"),
+    ("quant", {"scheme": "other"}, "kancodec.quant.scheme = 'other' is not one of"),
+]
+
+
+@pytest.mark.parametrize("section,changes,words", REFUSED, ids=[f"{s}-{w[:30]}" for s, _, w in REFUSED])
+def test_crafted_metadata_is_refused_naming_the_field(kf, section, changes, words):
+    """Even with the checksum recomputed (as a crafter would), a field out of the schema is
+    refused with one line naming it and its value."""
+    data = rewrite_metadata(kf.to_bytes(), edit(section, **changes))
+    with pytest.raises(FormatError) as e:
+        kanfile.from_bytes(data, "x.kan")
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_shape_changing_edit_that_fits_the_schema_is_caught_by_the_tensor_check(kf):
+    data = rewrite_metadata(kf.to_bytes(), edit("inr", hidden=[12, 9]))
+    with pytest.raises(FormatError, match="the config needs"):
+        kanfile.from_bytes(data)
+
+
+def test_cli_refusal_is_exit_4_and_one_line(kf, tmp_path):
+    p = tmp_path / "bad.kan"
+    p.write_bytes(rewrite_metadata(kf.to_bytes(), edit("audio", sample_rate=0)))
+    ref = tmp_path / "ref.wav"
+    sf.write(ref, kancodec.decode(kf, device="cpu", compile=False)[0].T, 8000)
+    for args in (["decode", p, "-o", tmp_path / "o.wav"], ["info", p], ["eval", ref, p]):
+        assert_one_line_error(cli(*args), 4, "kancodec.audio.sample_rate = 0")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_info_shows_odd_encode_records_as_they_are(kf, tmp_path):
+    """``encode`` is a free-form record: missing keys and non-numbers are shown, never raised on."""
+    p = tmp_path / "odd.kan"
+    odd = {"snr_db": "[/x] loud", "si_snr_db": None, "settings": {"steps": [1]}, "seconds": "soon"}
+    p.write_bytes(rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.encode": json.dumps(odd)})))
+    res = cli("info", p)
+    assert res.exit_code == 0, res.output
+    assert "SNR [/x] loud dB" in res.stdout and "SI-SNR None dB" in res.stdout and "[1] steps" in res.stdout
+    assert "lr ?" in res.stdout
+    assert cli("info", "--json", p).exit_code == 0
+
+
+def long_file(minutes: float, chunk: int = 2048, overlap: int = 128, sr: int = 8000) -> KanFile:
+    """A file of ``minutes`` of audio made cheaply: one tiny fit's windows repeated."""
+    x = (0.5 * np.sin(np.arange(4000) / 7.0)).astype(np.float32)[None]
+    kf = kancodec.encode(x, sr=sr, config=KANConfig(n_freqs=4, hidden=(8,), grid=5), chunk=chunk, overlap=overlap,
+                         steps=2, device="cpu", compile=False)
+    frames = int(minutes * 60 * sr)
+    w = n_windows(frames, chunk, overlap)
+    reps = -(-w // kf.audio.windows)
+    tensors = {k: np.concatenate([v] * reps)[:w] for k, v in kf.tensors.items()}
+    audio = AudioInfo(sample_rate=sr, fit_sr=sr, channels=1, frames=frames, fit_frames=frames, chunk=chunk,
+                      overlap=overlap, windows=w)
+    return kanfile.from_bytes(KanFile(kf.config, audio, kf.bits, tensors, {}).to_bytes())
+
+
+def test_decode_streams_in_blocks_of_a_few_windows(tmp_path):
+    """The blocks :meth:`stream` yields add up to the one-shot decode, bit for bit, and none
+    is longer than one batch of windows: a long file never sits in memory whole."""
+    kf = long_file(2)
+    whole = kancodec.decode(kf, device="cpu", compile=False)[0]
+    blocks = list(inrcodec.CODEC.stream(kf, 8000, device=kancodec.api.resolve_device("cpu"), compile=False))
+    assert len(blocks) > 5
+    assert max(b.shape[1] for b in blocks) <= 64 * 1920 + 2048 + 1  # a CPU batch (<= 64 windows) and a span
+    assert np.array_equal(np.concatenate(blocks, axis=1), whole)
+    frames, channels, rate = kancodec.api.decode_to(kf, tmp_path / "o.wav", device="cpu", compile=False)
+    y, sr = sf.read(tmp_path / "o.wav", dtype="float32")
+    assert (frames, channels, rate, sr) == (whole.shape[1], 1, 8000, 8000)
+    assert np.abs(y - whole[0]).max() <= 1 / 32768 + 1e-6  # 16-bit PCM
+
+
+def test_streamed_resampling_matches_the_one_shot_one(monkeypatch):
+    """Below the fitted rate long outputs are resampled as a stream: the same signal within
+    soxr's rounding (measured: identical, max difference 0.0, on a signal of peak 0.07), and
+    the same length."""
+    kf = long_file(1)
+    whole = kancodec.decode(kf, sr=5000, device="cpu", compile=False)[0]
+    monkeypatch.setattr(inrcodec, "STREAM_FROM", 1000)
+    blocks = list(inrcodec.CODEC.stream(kf, 5000, device=kancodec.api.resolve_device("cpu"), compile=False))
+    y = np.concatenate(blocks, axis=1)
+    assert len(blocks) > 2 and y.shape == whole.shape
+    assert float(np.abs(y - whole).max()) < 1e-5
+
+
+def test_long_files_need_max_seconds(tmp_path):
+    kf = long_file(0.25)
+    kf.save(tmp_path / "l.kan")
+    with pytest.raises(OptionError, match="max_seconds"):
+        kancodec.decode(kf, max_seconds=10)
+    assert_one_line_error(cli("decode", tmp_path / "l.kan", "-o", tmp_path / "o.wav", "--max-seconds", "10"), 2,
+                          "--max-seconds 10 s; raise --max-seconds")
+    assert not (tmp_path / "o.wav").exists()
+    assert cli("decode", tmp_path / "l.kan", "-o", tmp_path / "o.wav", "--max-seconds", "20").exit_code == 0
+
+
+def test_streamed_measure_equals_the_whole_one():
+    """The quality an encode stores is summed over decode blocks; it equals the one-shot
+    measure (to the 3 decimals stored) on a signal with an offset and gain error."""
+    from kancodec.codec import measure, measure_blocks
+
+    rng = np.random.default_rng(0)
+    r = (0.3 * rng.standard_normal((2, 50000)) + 0.05).astype(np.float32)
+    o = (0.8 * r + 0.01 * rng.standard_normal(r.shape) + 0.02).astype(np.float32)
+    assert measure_blocks([o[:, :7000], o[:, 7000:31000], o[:, 31000:]], r) == measure(o, r)
