@@ -30,7 +30,7 @@ from .fit import FitProgress, fit, preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, from_container
 from .quant import check_bits, quantise
 from .schema import MAX_CHUNK
-from .runtime import Event, Progress, batch_size, tune_allocator, want_compile
+from .runtime import Event, Progress, batch_size, fit_memory, tune_allocator, want_compile
 
 #: peak learning rate of ``refine`` (fitting from a hypernetwork's prediction): on 4 held-out
 #: windows, 300 steps from the bundled model reached SI-SNR 28.59 dB at 5e-2, 25.05 dB at 1e-2
@@ -43,6 +43,16 @@ STREAM_FROM = 1 << 24
 
 #: the most fitting steps an encode takes (about a day per window on a CPU)
 MAX_STEPS = 1_000_000
+
+
+def memory_scale(config: inr.INR) -> float:
+    """Floats per sample of a fit's intermediates (the B-spline bases of KAN layers, every
+    layer's outputs) relative to the default KAN, whose peak :data:`~kancodec.runtime.STEP_BYTES`
+    holds: how batch sizes and memory estimates carry over to other networks."""
+    def floats(c: inr.INR) -> int:
+        return sum(math.prod(s[:-1]) if len(s) == 3 else 0 for s in c.shapes().values()) + \
+            sum(s[-1] for s in c.shapes().values())
+    return max(0.05, floats(config) / floats(inr.make_config("kan")))
 
 
 def check_fit_settings(steps: int, lr: float, seed: int, steps_name: str = "steps") -> None:
@@ -187,7 +197,8 @@ class InrCodec:
         """Fit every active window in batches -> ``({name: (C × W, …)} on the CPU, compiled?)``."""
         n_win, chunk = w.gains.shape[0], w.win.shape[-1]
         use_compile = want_compile(compile, settings.steps * len(w.active))
-        bsz = batch or batch_size(dev, chunk, use_compile)
+        scale = memory_scale(config)
+        bsz = batch or batch_size(dev, chunk, use_compile, scale)
         n_batches = math.ceil(len(w.active) / bsz) if len(w.active) else 0
         total = settings.steps * n_batches
         if progress:
@@ -195,6 +206,8 @@ class InrCodec:
             progress(Event("plan", 0, total, {"windows": int(n_win), "active": int(len(w.active)),
                                               "batches": n_batches, "batch": bsz, "steps": settings.steps,
                                               "device": str(dev), "compile": use_compile, "fit_sr": fit_sr,
+                                              "memory_gb": round((fit_memory(dev, chunk, min(bsz, max(1, len(w.active))),
+                                                                             use_compile, scale) + 3 * w.xf.nbytes) / 1e9, 2),
                                               "hyper": made["model"] if made else None}))
         fitted = {k: torch.zeros_like(v) for k, v in inr.init_params(config, n_win, settings.seed).items()}
         for b in range(n_batches):
@@ -308,23 +321,17 @@ def _eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compi
     fn, features = inr.forward_fn(use_compile), inr.features_fn(use_compile)
     gains = kf.gains.reshape(a.channels, a.windows)
     per_batch = max(1, int(4 * 32768 / span / a.channels)) if dev.type == "cpu" else 64
-    shared_feats = None
+    cache: dict = {}  # the shared features, when every window sees the same local grid
     for w0 in range(0, a.windows, per_batch):
         ws = np.arange(w0, min(a.windows, w0 + per_batch))
         m = first_m[ws, None] + np.arange(span)[None, :]  # (w, span) output sample indices
         tau = (m / out_sr - starts[ws, None]) * a.fit_sr  # position in fitted samples
         t = torch.from_numpy(-1.0 + 2.0 * tau / (a.chunk - 1)).float().to(dev)
         rows = (np.arange(a.channels)[:, None] * a.windows + ws[None, :]).reshape(-1)
-        p = {k: v.to(dev) for k, v in kf.params(rows).items()}
-        with torch.inference_mode():
-            if shared:  # every window sees the same local grid: features computed once
-                if shared_feats is None:
-                    shared_feats = features(config, t[0])
-                feats = shared_feats
-            else:  # (rows, span, F): row i is window ws[i % len(ws)] of channel i // len(ws)
-                feats = features(config, t)[torch.arange(len(rows)) % len(ws)]
-            y = inr.forward_chunked(config, p, feats, fn)
-        y = y.reshape(a.channels, len(ws), span).cpu().double().numpy()
+        if not gains[:, ws].any():  # silence costs nothing: its samples are 0 whatever the networks say
+            y = np.zeros((a.channels, len(ws), span))
+        else:
+            y = _forward(kf, rows, t, dev, features, fn, len(ws), cache if shared else None)
         end = min(n_out, int(m[-1, -1]) + 1)
         if end - base > out.shape[1]:  # room for the samples this batch reaches
             grow = end - base - out.shape[1]
@@ -345,6 +352,23 @@ def _eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compi
             out, wsum, base = out[:, k:], wsum[k:], final
         if progress:
             progress(Event("decode", int(ws[-1]) + 1, a.windows))
+
+
+def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, features, fn, n_ws: int,
+             cache: dict | None) -> np.ndarray:
+    """The networks ``rows`` at local times ``t`` ``(w, span)`` -> ``(C, w, span)`` float64;
+    ``cache`` (given when every window sees the same grid) keeps the first layer's features."""
+    config, a = kf.config, kf.audio
+    p = {k: v.to(dev) for k, v in kf.params(rows).items()}
+    with torch.inference_mode():
+        if cache is not None:
+            if "feats" not in cache:
+                cache["feats"] = features(config, t[0])
+            feats = cache["feats"]
+        else:  # (rows, span, F): row i is window ws[i % w] of channel i // w
+            feats = features(config, t)[torch.arange(len(rows)) % n_ws]
+        y = inr.forward_chunked(config, p, feats, fn)
+    return y.reshape(a.channels, n_ws, -1).cpu().double().numpy()
 
 
 CODEC = InrCodec()

@@ -173,3 +173,36 @@ def test_streamed_measure_equals_the_whole_one():
     r = (0.3 * rng.standard_normal((2, 50000)) + 0.05).astype(np.float32)
     o = (0.8 * r + 0.01 * rng.standard_normal(r.shape) + 0.02).astype(np.float32)
     assert measure_blocks([o[:, :7000], o[:, 7000:31000], o[:, 31000:]], r) == measure(o, r)
+
+
+def test_silence_costs_no_network_evaluations(monkeypatch):
+    """Ten minutes of silence around a short tone: the encode's self-measurement and the
+    decode evaluate only the batches holding sound."""
+    sr = 8000
+    x = np.zeros((1, 10 * 60 * sr), np.float32)
+    x[0, 1000:3000] = 0.5 * np.sin(np.arange(2000) / 5.0)
+    calls = []
+    real = inrcodec._forward
+    monkeypatch.setattr(inrcodec, "_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kf = kancodec.encode(x, sr=sr, **{**TINY_ENCODE, "steps": 2})
+    assert kf.audio.windows > 2000 and int((kf.gains > 0).sum()) <= 2
+    assert len(calls) == 1  # one batch of windows holds the tone
+    y = kancodec.decode(kf, device="cpu", compile=False)[0]
+    assert len(calls) == 2 and y.shape == x.shape and not y[0, 10000:].any()
+
+
+def test_cpu_batches_stay_within_the_memory_budget():
+    """Any channel count: batches are windows, each costing its measured peak; the budget
+    holds for the default network eager and compiled, and for a wider one."""
+    from kancodec.inr import make_config
+    from kancodec.runtime import batch_size, cpu_budget, fit_memory
+
+    cpu = kancodec.api.resolve_device("cpu")
+    for config in (make_config("kan"), make_config("kan", hidden=(96, 48, 24))):
+        scale = inrcodec.memory_scale(config)
+        for compiled in (False, True):
+            b = batch_size(cpu, 32768, compiled, scale)
+            assert 1 <= b <= 8
+            assert b == 1 or fit_memory(cpu, 32768, b, compiled, scale) <= cpu_budget()
+    assert inrcodec.memory_scale(make_config("kan")) == 1.0
+    assert inrcodec.memory_scale(make_config("kan", hidden=(96, 48, 24))) > 1.5

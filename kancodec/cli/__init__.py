@@ -54,6 +54,23 @@ def _is_click(e: Exception, name: str) -> bool:
     return any(t.__name__ == name for t in type(e).__mro__)
 
 
+def _command(argv: list[str]) -> list[str]:
+    """The subcommand words at the start of ``argv`` (``["bench", "speed"]``), for a usage
+    error that Click raised without its context."""
+    words = []
+    group = app
+    for word in argv:
+        names = {c.name or c.callback.__name__.replace("_", "-") for c in getattr(group, "registered_commands", [])} | {
+            g.name for g in getattr(group, "registered_groups", [])}
+        if word.startswith("-") or word not in names:
+            break
+        words.append(word)
+        group = next((g.typer_instance for g in getattr(group, "registered_groups", []) if g.name == word), None)
+        if group is None:
+            break
+    return words
+
+
 def run() -> None:
     """The ``kancodec`` program: SIGTERM cleans up like Ctrl-C, and a command line Click
     cannot parse gets one ``error:`` line (exit 2) pointing at ``--help``."""
@@ -70,7 +87,8 @@ def run() -> None:
             code = interrupted(KeyboardInterrupt())
         elif _is_click(e, "ClickException"):
             ctx = getattr(e, "ctx", None)
-            hint = f"; see '{ctx.command_path} --help'" if _is_click(e, "UsageError") and ctx else ""
+            path = ctx.command_path if ctx else " ".join(["kancodec", *_command(sys.argv[1:])])
+            hint = f"; see '{path} --help'" if _is_click(e, "UsageError") else ""
             err.print(f"[bold red]error:[/] {escape(message(e.format_message()).rstrip('.'))}{escape(hint)}", highlight=False,
                       soft_wrap=True)
             code = e.exit_code

@@ -47,7 +47,8 @@ class FitReporter(Reporter):
                                    markup=False, highlight=False)
             if i["steps"] or not i.get("hyper"):
                 self.console.print(f"fitting {i['active']} of {i['windows']} windows at {i['fit_sr']} Hz, "
-                                   f"{i['steps']} steps, {i['batches']} batch(es) of up to {i['batch']} on {i['device']}"
+                                   f"{i['steps']} steps, {i['batches']} batch(es) of up to {i['batch']} on {i['device']}, "
+                                   f"~{i['memory_gb']:.1f} GB"
                                    + (" (compiling the model first, ~10-30 s)" if i["compile"] else ""))
             if ev.total:
                 self.open_bar("fit", ev.total)

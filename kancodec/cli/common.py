@@ -56,10 +56,12 @@ def flag(param: str) -> str:
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text: str) -> str:
+def printable(text: str, lines: bool = True) -> str:
     """Text from files or exceptions, safe for a terminal: control characters as escapes
-    (``\\x1b``), newlines and tabs as they are."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    (``\\x1b``); newlines and tabs kept unless ``lines`` is False (one table cell, where a
+    newline from a file could forge a line of output)."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    return text if lines else text.replace("\n", "\\n").replace("\t", "\\t")
 
 
 def message(e: KanError | str) -> str:
@@ -162,7 +164,7 @@ def rows_table(rows: list[tuple[str, str]]) -> Table:
     no control characters)."""
     t = Table(show_header=False, box=None)
     for k, v in rows:
-        t.add_row(f"[bold]{escape(printable(k))}[/]", escape(printable(v)))
+        t.add_row(f"[bold]{escape(printable(k, lines=False))}[/]", escape(printable(v, lines=False)))
     return t
 
 
