@@ -209,7 +209,7 @@ class InrCodec:
                                               "memory_gb": round((fit_memory(dev, chunk, min(bsz, max(1, len(w.active))),
                                                                              use_compile, scale) + 3 * w.xf.nbytes) / 1e9, 2),
                                               "hyper": made["model"] if made else None}))
-        fitted = {k: torch.zeros_like(v) for k, v in inr.init_params(config, n_win, settings.seed).items()}
+        fitted = {k: torch.zeros((n_win, *shape)) for k, shape in config.shapes().items()}  # silence: zeros
         for b in range(n_batches):
             idx = w.active[b * bsz:(b + 1) * bsz]
             target = torch.from_numpy(w.rows(idx) / w.gains[idx, None]).to(dev)

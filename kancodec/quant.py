@@ -61,21 +61,28 @@ def quantise(params: dict[str, torch.Tensor], bits: int, keep_float: frozenset[s
     check_bits(bits)
     out: dict[str, np.ndarray] = {}
     for name, p in params.items():
-        b, r = p.shape[0], p.shape[1]
-        x = p.detach().cpu().double().reshape(b, r, -1).numpy()
-        if bits == 32 or name in keep_float:
-            out[f"q.{name}"] = x.reshape(b, -1).astype(np.float32)
-            continue
-        lo = x.min(-1)
-        hi = x.max(-1)
-        step = (hi - lo) / (2**bits - 1)
-        step = np.where(step > 0, step, 1.0).astype(np.float32)
-        lo = lo.astype(np.float32)
-        q = np.clip(np.rint((x - lo[..., None]) / step[..., None]), 0, 2**bits - 1).astype(np.uint32)
-        out[f"q.{name}"] = pack_bits(q.reshape(b, -1), bits)
-        out[f"lo.{name}"] = lo
-        out[f"step.{name}"] = step
+        parts = [_quantise_rows(p[i:i + QUANT_ROWS], bits, name in keep_float) for i in range(0, p.shape[0], QUANT_ROWS)]
+        for key in parts[0]:  # networks are quantised independently: blocks of them bound the float64 copies
+            out[f"{key}.{name}"] = np.concatenate([part[key] for part in parts])
     return out
+
+
+#: networks quantised at a time (a long file's weights are not copied to float64 all at once)
+QUANT_ROWS = 256
+
+
+def _quantise_rows(p: torch.Tensor, bits: int, keep_float: bool) -> dict[str, np.ndarray]:
+    b, r = p.shape[0], p.shape[1]
+    x = p.detach().cpu().double().reshape(b, r, -1).numpy()
+    if bits == 32 or keep_float:
+        return {"q": x.reshape(b, -1).astype(np.float32)}
+    lo = x.min(-1)
+    hi = x.max(-1)
+    step = (hi - lo) / (2**bits - 1)
+    step = np.where(step > 0, step, 1.0).astype(np.float32)
+    lo = lo.astype(np.float32)
+    q = np.clip(np.rint((x - lo[..., None]) / step[..., None]), 0, 2**bits - 1).astype(np.uint32)
+    return {"q": pack_bits(q.reshape(b, -1), bits), "lo": lo, "step": step}
 
 
 def dequantise(stored: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], bits: int,
