@@ -46,6 +46,8 @@ from .quant import BITS_CHOICES, check_bits, dequantise, pack_bits, packed_size,
 
 TAG = "kancodec-ae"
 DEFAULT_MODEL = "krvq"
+#: samples (model-rate frames plus output frames, all channels) an autoencoder decode may hold
+MAX_SAMPLES = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,10 @@ class AECodec:
     def decode(self, af: AEFile, sr: int, *, device: torch.device, model: str | Path | None = None, **_) -> np.ndarray:
         """``(C, round(frames × sr / sample_rate))`` float32; ``model`` overrides where the model is found."""
         a = af.audio
+        n = (a.model_frames + round(a.frames * sr / a.sample_rate)) * a.channels
+        if n > MAX_SAMPLES:
+            raise OptionError(f"autoencoder files decode in one piece and this one would be {n:,} samples at {{sr}} "
+                              f"{sr} (at most {MAX_SAMPLES:,}); decode at a lower {{sr}} or encode shorter files", "sr")
         y = resample(_decode_with(load_model_for(af, device, model), af, device), a.model_sr, sr)
         return fit_length(y, round(a.frames * sr / a.sample_rate)).astype(np.float32)
 
@@ -226,7 +232,7 @@ class AECodec:
 
 #: bounds of the integer fields of an autoencoder's config (:func:`kancodec.schema.dataclass_values`)
 CONFIG_BOUNDS = {"sample_rate": schema.RATES, "frame": (8, 1 << 16), "hop": (1, 1 << 16), "grid": (1, 256),
-                 "order": (1, 5), "codebooks": (1, 64), "codebook_size": (2, 1 << 16), "latent_bits": (2, 32)}
+                 "order": (1, 5), "codebooks": (1, 1024), "codebook_size": (2, 1 << 16), "latent_bits": (2, 32)}
 
 
 def _from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> AEFile:
@@ -277,6 +283,8 @@ def _from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where:
             got = "missing" if t is None else f"{t.dtype}{list(t.shape)}"
             raise FormatError(f"{where}: tensor {key} is {got}, the model needs {dtype}{list(shape)}; "
                               "the file is damaged, re-encode it")
+        if dtype == "float32":
+            schema.values(where, key, t, nonnegative=key == "gain" or key.startswith("step."))
     return AEFile(model, audio, code, tensors, container.field(meta, "encode", where))
 
 

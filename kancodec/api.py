@@ -88,7 +88,9 @@ MAX_SECONDS = 6 * 3600
 
 def _to_decode(kan: Encoded | str | Path, sr: int | None, max_seconds: float) -> tuple[Encoded, int]:
     kf = load(kan) if isinstance(kan, (str, Path)) else kan
-    rate = check_out_rate(kf.audio.sample_rate if sr is None else sr)
+    if sr is not None and not (isinstance(sr, int) or isinstance(sr, float) and sr.is_integer()):
+        raise OptionError(f"{{sr}} {sr}: must be a whole number of Hz", "sr")
+    rate = check_out_rate(kf.audio.sample_rate if sr is None else int(sr))
     if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise OptionError(f"{{max_seconds}} {max_seconds}: must be a number of seconds above 0", "max_seconds")
     if kf.audio.duration > max_seconds:

@@ -209,6 +209,8 @@ def write_blocks(path: str | Path, blocks: Iterable[np.ndarray], sr: int, channe
     decode never holds its whole output; samples clipped as :func:`write_audio`. Returns the
     frames written."""
     fmt = check_output_format(path)
+    if fmt == "FLAC" and channels > 8:
+        raise OutputError(f"{path}: FLAC holds at most 8 channels and this audio has {channels}; write a .wav instead")
     frames = 0
     with atomic_path(path, force) as tmp:
         try:

@@ -127,10 +127,16 @@ def fact(record: object, path: str, spec: str = "") -> str:
             return "?"
         value = value[key]
     if type(value) in (int, float):
-        return format(value, spec)
+        try:
+            return format(value, spec)
+        except (OverflowError, ValueError):  # an integer too large to format as a float
+            pass
     if isinstance(value, str):
         return value[:60]
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python prints
+        return "(a number too long to show)"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -103,7 +103,7 @@ def read_raw(data: bytes, where: str, kind: Kind, load: Callable = st_load) -> t
         header = json.loads(data[8:8 + header_len])
         tensors = load(data)
         meta = header.get("__metadata__") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, ValueError, AttributeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, ValueError, AttributeError, RecursionError) as e:
         raise FormatError(f"{where}: not a readable {kind.noun} ({str(e).splitlines()[0][:80] if str(e) else 'bad header'}); "
                           f"{kind.unreadable}") from None
     return meta, tensors
@@ -136,7 +136,7 @@ def field(meta: Mapping[str, str], key: str, where: str, fix: str = "the file is
         raise FormatError(f"{where}: metadata {PREFIX + key!r} is missing; {fix}")
     try:
         value = json.loads(meta[PREFIX + key])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError, TypeError):  # bad JSON, nesting too deep, a 4,300-digit number
         raise FormatError(f"{where}: metadata {PREFIX + key!r} is not valid JSON; {fix}") from None
     if not isinstance(value, dict):
         raise FormatError(f"{where}: metadata {PREFIX + key!r} is not an object; {fix}")

@@ -22,14 +22,14 @@ import numpy as np
 import soxr
 import torch
 
-from . import __version__, inr
+from . import __version__, inr, schema
 from .audio import SILENCE, crossfade_weights, n_windows, resample
 from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
-from .errors import OptionError
+from .errors import FormatError, OptionError
 from .fit import FitProgress, fit, preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, from_container
 from .quant import check_bits, quantise
-from .schema import MAX_CHUNK
+from .schema import MAX_CHUNK, check_decode_work
 from .runtime import Event, Progress, batch_size, fit_memory, tune_allocator, want_compile
 
 #: peak learning rate of ``refine`` (fitting from a hypernetwork's prediction): on 4 held-out
@@ -37,8 +37,8 @@ from .runtime import Event, Progress, batch_size, fit_memory, tune_allocator, wa
 REFINE_LR = 5e-2
 DEFAULT_CHUNK = 32768
 DEFAULT_OVERLAP = 1024
-#: below the fitted rate, outputs of more fitted frames than this are resampled as a stream
-STREAM_FROM = 1 << 24
+#: below the fitted rate, outputs of more fitted samples (all channels) than this are resampled as a stream
+STREAM_FROM = 1 << 22
 
 
 #: the most fitting steps an encode takes (about a day per window on a CPU)
@@ -53,6 +53,26 @@ def memory_scale(config: inr.INR) -> float:
         return sum(math.prod(s[:-1]) if len(s) == 3 else 0 for s in c.shapes().values()) + \
             sum(s[-1] for s in c.shapes().values())
     return max(0.05, floats(config) / floats(inr.make_config("kan")))
+
+
+def check_readable(config: inr.INR, shape: tuple[int, int], sr: int, fit_sr: int, chunk: int, overlap: int) -> None:
+    """OptionError, before any fitting, unless the file this encode would write passes the
+    reader's schema (:mod:`kancodec.schema`): kancodec never writes what it would refuse."""
+    fit_frames = round(shape[1] * fit_sr / sr)
+    audio = {"sample_rate": int(sr), "fit_sr": fit_sr, "channels": shape[0], "frames": shape[1],
+             "fit_frames": fit_frames, "chunk": chunk, "overlap": overlap,
+             "windows": n_windows(fit_frames, chunk, overlap)}
+    try:
+        schema.inr_config("encode", config.to_dict())
+        schema.inr_audio("encode", audio)
+    except FormatError as e:
+        raise OptionError(str(e).replace("metadata ", "").replace(
+            "; the file is damaged or crafted, re-encode the audio", ": kancodec could not read the file back; "
+            "choose smaller settings or split the audio")) from None
+    work = schema.decode_work(config, chunk, fit_sr, sr)
+    if work > schema.MAX_WORK_BYTES:
+        raise OptionError(f"decoding the file at {sr} Hz would need {work / 2**30:.1f} GiB per window (at most "
+                          f"{schema.MAX_WORK_BYTES >> 30} GiB); raise {{fit_sr}} or lower {{chunk}}", "fit_sr", "chunk")
 
 
 def check_fit_settings(steps: int, lr: float, seed: int, steps_name: str = "steps") -> None:
@@ -172,6 +192,7 @@ class InrCodec:
         settings = replace(preset(preset_name, device, config), seed=seed,
                            **({"steps": steps} if steps is not None else {}), **({"lr": lr} if lr is not None else {}))
         check_fit_settings(settings.steps, settings.lr, seed, "refine" if hyper is not None else "steps")
+        check_readable(config, x.shape, sr, fit_sr, chunk, overlap)
         if hyper is None:
             init = RandomInit(config, seed)
         w = cut(x, sr, fit_sr, chunk, overlap)
@@ -232,6 +253,7 @@ class InrCodec:
         it they are evaluated at the fitted rate and resampled with a proper low-pass, so
         nothing aliases. Output length is ``round(frames × sr / sample_rate)``."""
         a = kf.audio
+        check_decode_work(kf.config, a.chunk, a.fit_sr, sr)
         n_out = round(a.frames * sr / a.sample_rate)
         if sr >= a.fit_sr:
             return np.concatenate(list(_eval_windows(kf, sr, n_out, device, compile, progress)), axis=1)
@@ -246,11 +268,12 @@ class InrCodec:
         by a few windows: below the fitted rate long files are resampled as a stream (soxr's,
         equal to the one-shot resampler within its rounding), shorter ones as :meth:`decode`."""
         a = kf.audio
+        check_decode_work(kf.config, a.chunk, a.fit_sr, sr)
         n_out = round(a.frames * sr / a.sample_rate)
         n_fit = round(a.frames * a.fit_sr / a.sample_rate)
         if sr >= a.fit_sr:
             yield from _eval_windows(kf, sr, n_out, device, compile, progress)
-        elif n_fit <= STREAM_FROM:
+        elif n_fit * a.channels <= STREAM_FROM:
             yield self.decode(kf, sr, device=device, compile=compile, progress=progress)
         else:
             rs, done = soxr.ResampleStream(a.fit_sr, sr, a.channels, dtype="float32", quality="HQ"), 0

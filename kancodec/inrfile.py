@@ -91,10 +91,10 @@ def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: 
     quant = schema.obj(where, "kancodec.quant", container.field(meta, "quant", where), ("scheme", "bits"))
     schema.choice(where, "kancodec.quant.scheme", quant["scheme"], ("affine-per-row",))
     bits = schema.choice(where, "kancodec.quant.bits", quant["bits"], BITS_CHOICES)
-    work = schema.decode_work(config, audio.chunk, audio.fit_sr, audio.fit_sr)
+    work = schema.decode_work(config, audio.chunk, audio.fit_sr, audio.sample_rate)
     if work > schema.MAX_WORK_BYTES:
         raise schema.bad(where, "kancodec.audio.chunk", audio.chunk, f"with this network needs {work / 2**30:.1f} GiB "
-                         f"per window to decode (at most {schema.MAX_WORK_BYTES >> 30} GiB)")
+                         f"per window to decode at {audio.sample_rate} Hz (at most {schema.MAX_WORK_BYTES >> 30} GiB)")
     kf = KanFile(config, audio, bits, tensors, container.field(meta, "encode", where))
     _check_shapes(kf, where)
     return kf
@@ -120,3 +120,6 @@ def _check_shapes(kf: KanFile, where: str) -> None:
         if tuple(t.shape) != shape or t.dtype != np.dtype(dtype):
             raise FormatError(f"{where}: tensor {name} is {t.dtype}{list(t.shape)}, the config needs {dtype}{list(shape)}; "
                               "the file is damaged, re-encode it")
+    for name, (_, dtype) in expected.items():
+        if dtype == "float32":
+            schema.values(where, name, kf.tensors[name], nonnegative=name == "gain" or name.startswith("step."))

@@ -18,17 +18,19 @@ import dataclasses
 import math
 from typing import Any
 
+import torch
+
 from . import inr
 from .audio import n_windows
-from .errors import FormatError, KanError
+from .errors import FormatError, KanError, OptionError
 
 #: sample rates a file may state (an input's, a fitting rate, a model's)
 RATES = (1000, 384_000)
-MAX_CHANNELS = 64
+MAX_CHANNELS = 256
 #: a chunk (window) of at most this many samples at the fitting rate
 MAX_CHUNK = 1 << 20
-#: at most this many windows per channel (a day of audio in default windows at 48 kHz)
-MAX_WINDOWS = 1 << 18
+#: at most this many windows per channel (a day at 48 kHz in 256-sample windows)
+MAX_WINDOWS = 1 << 24
 #: a file's audio lasts at most a day
 MAX_SECONDS = 24 * 3600
 #: weights per network (the default KAN has 33,768)
@@ -188,15 +190,42 @@ def inr_audio(where: str, d: Any) -> dict:
     return a
 
 
-def first_features(config: inr.INR) -> int:
-    """Floats per sample of the first layer's input features (the KAN's B-spline basis of
-    its positional encoding; a few for the MLP families)."""
-    shape = next(iter(config.shapes().values()))
-    return math.prod(shape[:-1]) if len(shape) == 3 else shape[0]
+def feature_bytes(config: inr.INR) -> int:
+    """Bytes per sample of the first layer's input features (the KAN's B-spline basis of its
+    positional encoding; Fourier features for the MLP families), measured on one sample."""
+    with torch.inference_mode():
+        f = inr.input_features(config, torch.zeros(1))
+    return f.shape[-1] * f.element_size()
+
+
+#: bytes per output sample of a window's index, time and weight arrays in a decode
+GRID_BYTES = 48
 
 
 def decode_work(config: inr.INR, chunk: int, fit_sr: int, out_sr: int) -> int:
-    """Bytes of the largest intermediate a decode at ``out_sr`` allocates: one window's
-    features on the output grid, or one slice of the forward pass (:func:`kan_work`)."""
+    """Bytes of the largest working set a decode at ``out_sr`` allocates at once: one window
+    on the output grid (its features, sample indices, times and weights), or one slice of
+    the forward pass (:func:`kan_work`)."""
     span = math.ceil(chunk * max(out_sr, fit_sr) / fit_sr) + 1
-    return max(span * first_features(config) * 4, kan_work(config))
+    return max(span * (feature_bytes(config) + GRID_BYTES), kan_work(config))
+
+
+def check_decode_work(config: inr.INR, chunk: int, fit_sr: int, out_sr: int) -> None:
+    """OptionError (naming ``sr``) when decoding at ``out_sr`` would pass :data:`MAX_WORK_BYTES`."""
+    work = decode_work(config, chunk, fit_sr, out_sr)
+    if work > MAX_WORK_BYTES:
+        raise OptionError(f"{{sr}} {out_sr}: decoding this file at {out_sr} Hz needs {work / 2**30:.1f} GiB per window "
+                          f"(at most {MAX_WORK_BYTES >> 30} GiB); choose a lower {{sr}}", "sr")
+
+
+#: the largest magnitude a stored value (a gain, an affine offset or step) may have
+MAX_VALUE = 1e30
+
+
+def values(where: str, name: str, t, nonnegative: bool = False) -> None:
+    """A float tensor's values are finite, within :data:`MAX_VALUE` and, if asked, not negative
+    (the encoder never writes anything else; a crafted file could make full-scale noise)."""
+    a = t.astype("float64", copy=False)
+    if not (abs(a) <= MAX_VALUE).all() or (nonnegative and (a < 0).any()):
+        raise FormatError(f"{where}: tensor {name} holds NaN, infinite, huge{' or negative' if nonnegative else ''} "
+                          "values; the file is damaged or crafted, re-encode the audio")

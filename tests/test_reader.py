@@ -206,3 +206,74 @@ def test_cpu_batches_stay_within_the_memory_budget():
             assert b == 1 or fit_memory(cpu, 32768, b, compiled, scale) <= cpu_budget()
     assert inrcodec.memory_scale(make_config("kan")) == 1.0
     assert inrcodec.memory_scale(make_config("kan", hidden=(96, 48, 24))) > 1.5
+
+
+def test_decode_work_counts_the_first_layers_basis_and_the_output_rate(tmp_path):
+    """A KAN's first layer sees 2L × (G + k + 1) values per sample (1,040 bytes by default),
+    and the working set grows with the output rate: a wide grid in a long window, or a file
+    fitted at 1 kHz decoded at 384 kHz, is refused before it allocates (review findings)."""
+    from kancodec import schema
+    from kancodec.inr import make_config
+
+    assert schema.feature_bytes(make_config("kan")) == 20 * (12 + 1) * 4  # the basis and the base branch
+    wide = make_config("kan", n_freqs=32, grid=256, order=5, hidden=(1,))
+    assert schema.decode_work(wide, 1 << 20, 16000, 16000) > schema.MAX_WORK_BYTES
+    x = (0.5 * np.sin(np.arange(16000) / 5.0)).astype(np.float32)[None]
+    low = kancodec.encode(x, sr=8000, **{**TINY_ENCODE, "steps": 0, "chunk": 32768, "overlap": 1024}, fit_sr=1000)
+    with pytest.raises(OptionError, match="sr 384000: decoding this file at 384000 Hz needs"):
+        kancodec.decode(low, sr=384000)
+    assert kancodec.decode(low, sr=16000, device="cpu", compile=False)[0].shape == (1, 32000)
+
+
+def test_stored_values_must_be_finite_and_sane(kf):
+    for name, value in (("gain", np.nan), ("gain", np.inf), ("gain", -0.5), ("step.l0.base", 3e38),
+                        ("lo.l1.spline", -np.inf)):
+        bad = KanFile(kf.config, kf.audio, kf.bits, {**kf.tensors, name: np.full_like(kf.tensors[name], value)},
+                      kf.encode)
+        with pytest.raises(FormatError, match=f"tensor {name} holds NaN, infinite, huge"):
+            kanfile.from_bytes(bad.to_bytes())
+
+
+def test_encode_refuses_settings_it_could_not_read_back(speech_wav, tmp_path):
+    out = tmp_path / "o.kan"
+    assert_one_line_error(cli("encode", speech_wav, "-o", out, "--steps", "0", "--n-freqs", "40"), 2,
+                          "kancodec.inr.n_freqs = 40 is out of range", "could not read the file back")
+    assert not out.exists()
+
+
+def test_odd_json_in_metadata_is_one_line(kf, tmp_path):
+    """Nesting deeper than the JSON parser's recursion, numbers of more than 4,300 digits, and
+    numbers too large to format: refused in one line, or shown (``info``)."""
+    p = tmp_path / "odd.kan"
+    for section, text in (("encode", "[" * 100_000), ("audio", '{"frames": 1' + "0" * 5000 + "}")):
+        p.write_bytes(rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec." + section: text})))
+        assert_one_line_error(cli("info", p), 4, "not valid JSON")
+    p.write_bytes(rewrite_metadata(kf.to_bytes(), lambda m: m.update(
+        {"kancodec.encode": json.dumps({"snr_db": 10**400, "si_snr_db": 1, "seconds": 10**400})})))
+    res = cli("info", p)
+    assert res.exit_code == 0 and "SNR 1" in res.stdout, res.output
+
+
+def test_output_rate_and_flac_channel_checks(kf, tmp_path):
+    assert kancodec.decode(kf, sr=16000.0, device="cpu", compile=False)[1] == 16000
+    with pytest.raises(OptionError, match="sr 22050.5: must be a whole number"):
+        kancodec.decode(kf, sr=22050.5)
+    nine = KanFile(kf.config, AudioInfo(**{**kf.audio.__dict__, "channels": 9}), kf.bits,
+                   {k: np.concatenate([v] * 9) for k, v in kf.tensors.items()}, kf.encode)
+    from kancodec.errors import OutputError
+    with pytest.raises(OutputError, match="FLAC holds at most 8 channels"):
+        kancodec.api.decode_to(nine, tmp_path / "o.flac", device="cpu", compile=False)
+    assert not (tmp_path / "o.flac").exists()
+
+
+def test_autoencoder_decodes_are_bounded(monkeypatch):
+    """Autoencoder files decode in one piece: past MAX_SAMPLES they are refused, not attempted."""
+    from pathlib import Path
+
+    from kancodec import aecodec
+
+    f = Path(__file__).parent / "data" / "ae-krvq-2books.kan"
+    assert kancodec.decode(f, device="cpu")[0].shape == (1, 22050)
+    monkeypatch.setattr(aecodec, "MAX_SAMPLES", 10_000)
+    with pytest.raises(OptionError, match="autoencoder files decode in one piece"):
+        kancodec.decode(f, device="cpu")

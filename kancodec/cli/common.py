@@ -97,6 +97,8 @@ def errors() -> Iterator[None]:
         fail(e)
     except KeyboardInterrupt as e:
         raise typer.Exit(interrupted(e)) from None
+    except MemoryError:  # a last line of defence: the schema and the bounds should refuse first
+        fail(KanError("out of memory; decode at a lower --sr, encode shorter pieces, or free some memory"), 1)
 
 
 def progress_bar(console: Console, description: str, total: int, done: int = 0) -> tuple[Progress, int]:
