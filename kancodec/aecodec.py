@@ -27,7 +27,6 @@ files with one affine step per channel and latent dimension (rows of ``(latent, 
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from . import ae as aemod
 from .audio import SILENCE, resample
 from .codec import Encoded, bitrate, fact, fit_length, integrity, integrity_rows, measure
 from .errors import FormatError, InputError, KanError, OptionError
-from .modelfile import MODEL_NAME, find_by_hash
+from .modelfile import MODEL_NAME, SHA256, find_by_hash
 from .quant import BITS_CHOICES, check_bits, dequantise, pack_bits, packed_size, quantise, unpack_bits
 
 TAG = "kancodec-ae"
@@ -241,7 +240,7 @@ def _from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where:
     name, sha = model["name"], model["sha256"]
     if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
         raise schema.bad(where, "kancodec.model.name", name, "is not a model name (letters, digits, . _ + -)")
-    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+    if not isinstance(sha, str) or not SHA256.fullmatch(sha):
         raise schema.bad(where, "kancodec.model.sha256", sha, "is not a SHA-256")
     values = schema.dataclass_values(where, "kancodec.model.config", aemod.AEConfig, model["config"], CONFIG_BOUNDS)
     a = schema.audio_facts(where, container.field(meta, "audio", where),

@@ -194,13 +194,7 @@ def write_audio(path: str | Path, x: np.ndarray, sr: int, force: bool = False, s
 
     Samples are clipped to [-1, 1]; WAV is 16-bit PCM unless ``subtype`` says otherwise.
     """
-    fmt = check_output_format(path)
-    data = np.clip(x, -1.0, 1.0).T
-    with atomic_path(path, force) as tmp:
-        try:
-            sf.write(str(tmp), data, sr, format=fmt, subtype=subtype or "PCM_16")
-        except sf.LibsndfileError as e:  # libsndfile reports a full disk as its own error, not OSError
-            raise OSError(str(e)) from None
+    write_blocks(path, [x], sr, x.shape[0], force=force, subtype=subtype)
 
 
 def write_blocks(path: str | Path, blocks: Iterable[np.ndarray], sr: int, channels: int, force: bool = False,

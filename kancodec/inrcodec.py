@@ -253,7 +253,6 @@ class InrCodec:
         it they are evaluated at the fitted rate and resampled with a proper low-pass, so
         nothing aliases. Output length is ``round(frames × sr / sample_rate)``."""
         a = kf.audio
-        check_decode_work(kf.config, a.chunk, a.fit_sr, sr)
         n_out = round(a.frames * sr / a.sample_rate)
         if sr >= a.fit_sr:
             return np.concatenate(list(_eval_windows(kf, sr, n_out, device, compile, progress)), axis=1)
@@ -268,7 +267,6 @@ class InrCodec:
         by a few windows: below the fitted rate long files are resampled as a stream (soxr's,
         equal to the one-shot resampler within its rounding), shorter ones as :meth:`decode`."""
         a = kf.audio
-        check_decode_work(kf.config, a.chunk, a.fit_sr, sr)
         n_out = round(a.frames * sr / a.sample_rate)
         n_fit = round(a.frames * a.fit_sr / a.sample_rate)
         if sr >= a.fit_sr:
@@ -328,9 +326,12 @@ def _eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compi
                   progress: Progress | None) -> Iterator[np.ndarray]:
     """Evaluate every window on the output grid (``out_sr`` >= fitted rate) and cross-fade:
     ``(C, n)`` float32 blocks, each yielded as soon as no later window reaches it, adding up
-    to ``n_out`` samples. Memory: one batch of windows and the samples they span."""
-    tune_allocator()
+    to ``n_out`` samples. Memory: one batch of windows and the samples they span, refused
+    (OptionError naming ``sr``) past :data:`~kancodec.schema.MAX_WORK_BYTES`; below the
+    fitted rate the windows are evaluated at it, so the same bound holds."""
     a, config = kf.audio, kf.config
+    check_decode_work(config, a.chunk, a.fit_sr, out_sr)
+    tune_allocator()
     hop = a.chunk - a.overlap
     ratio = out_sr / a.fit_sr
     starts = np.arange(a.windows) * hop / a.fit_sr  # seconds

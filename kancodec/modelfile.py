@@ -46,6 +46,8 @@ KIND = container.Kind(noun="model file", tags=(TAG,), version=VERSION, label="ka
                       damaged="the model was modified or damaged; retrain or restore it")
 #: what a model name stored in a file may look like: a name, never a path
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+#: what a model SHA-256 stored in a file looks like
+SHA256 = re.compile(r"[0-9a-f]{64}")
 #: model files larger than this are refused before they are read (the bundled ones are < 25 MB)
 MAX_MODEL_BYTES = 1 << 30
 #: the models shipped inside the package
@@ -146,8 +148,8 @@ def model_folders() -> list[Path]:
 
 
 def _sha256_of(path: Path) -> str | None:
-    """The SHA-256 of a model file's bytes (the bundled ones' from :data:`BUNDLED` when they
-    are intact), or None for what cannot be a model."""
+    """The SHA-256 of a model file's bytes, or None for what cannot be a model (not a regular
+    file, or larger than :data:`MAX_MODEL_BYTES`)."""
     try:
         if not path.is_file() or path.stat().st_size > MAX_MODEL_BYTES:
             return None
@@ -164,7 +166,7 @@ def find_by_hash(name: str, sha256: str, where: str) -> Path:
     if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name.endswith(".safetensors"):
         raise FormatError(f"{where}: its model name {str(name)[:60]!r} is not a model name; the file is damaged "
                           "or crafted, decode it with --model PATH if you trust it")
-    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+    if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
         raise FormatError(f"{where}: its model SHA-256 {str(sha256)[:70]!r} is not a SHA-256; the file is damaged")
     folders = model_folders()
     same = [f / f"{name}.safetensors" for f in folders]

@@ -72,23 +72,27 @@ def cpu_budget() -> float:
     return min(4 * 2**30, total / 4)
 
 
+def window_bytes(device: torch.device, n: int, compiled: bool = False, scale: float = 1.0) -> float:
+    """Peak bytes of one fitting step per window of ``n`` samples (:data:`STEP_BYTES`);
+    ``scale``: the network's intermediates relative to the default KAN's."""
+    key = "cuda" if device.type == "cuda" else "compiled" if compiled else "eager"
+    return STEP_BYTES[key] * scale * n / 32768
+
+
 def batch_size(device: torch.device, n: int, compiled: bool = False, scale: float = 1.0) -> int:
     """Windows of ``n`` samples per optimisation: bounded so memory stays flat however long the
-    file is and whatever its channel count (channels are windows like any other). ``scale``:
-    the network's intermediates relative to the default KAN's."""
+    file is and whatever its channel count (channels are windows like any other)."""
+    per_window = window_bytes(device, n, compiled, scale)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        per_window = STEP_BYTES["cuda"] * scale * n / 32768  # measured peak of a fit step, with margin
         return max(1, min(256, int(0.6 * free / per_window)))
-    per_window = STEP_BYTES["compiled" if compiled else "eager"] * scale * n / 32768
     return max(1, min(8, int(cpu_budget() / per_window)))  # 8 amortise the per-step overhead; more gain nothing
 
 
 def fit_memory(device: torch.device, n: int, batch: int, compiled: bool, scale: float = 1.0) -> float:
-    """Bytes one fitting batch of ``batch`` windows of ``n`` samples is expected to need (the
-    measured peaks of :data:`STEP_BYTES`), for the plan an encode prints before it starts."""
-    key = "cuda" if device.type == "cuda" else "compiled" if compiled else "eager"
-    return STEP_BYTES[key] * scale * n / 32768 * batch
+    """Bytes one fitting batch of ``batch`` windows of ``n`` samples is expected to need, for
+    the plan an encode prints before it starts."""
+    return window_bytes(device, n, compiled, scale) * batch
 
 
 def want_compile(compile: bool | str, work: float, pays_from: float = 200) -> bool:
