@@ -277,3 +277,24 @@ def test_autoencoder_decodes_are_bounded(monkeypatch):
     monkeypatch.setattr(aecodec, "MAX_SAMPLES", 10_000)
     with pytest.raises(OptionError, match="autoencoder files decode in one piece"):
         kancodec.decode(f, device="cpu")
+
+
+def test_encode_refuses_a_file_too_costly_to_decode_at_its_own_rate():
+    """Fitted at 1 kHz in 2^20-sample windows, 48 kHz audio would need tens of GiB per window
+    to decode at its rate: refused before fitting, naming the two options that fix it."""
+    x = (0.1 * np.sin(np.arange(48000) / 5.0)).astype(np.float32)[None]
+    with pytest.raises(OptionError, match=r"decoding the file at 48000 Hz would need [\d.]+ GiB per window.*"
+                                          r"raise fit_sr or lower chunk"):
+        kancodec.encode(x, sr=48000, chunk=1 << 20, overlap=0, fit_sr=1000, steps=0, device="cpu", compile=False)
+
+
+def test_out_of_memory_is_one_line(kf, tmp_path, monkeypatch):
+    """The last line of defence: a MemoryError anywhere in a command is one line, exit 1."""
+    p, out = tmp_path / "a.kan", tmp_path / "o.wav"
+    kf.save(p)
+
+    def no_memory(*a, **k):
+        raise MemoryError
+    monkeypatch.setattr(kancodec.api, "decode_to", no_memory)
+    assert_one_line_error(cli("decode", p, "-o", out), 1, "out of memory")
+    assert not out.exists()
