@@ -32,8 +32,8 @@ REFINE_LR = inrcodec.REFINE_LR
 
 
 def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_name: str | None = None,
-           steps: int | None = None, lr: float | None = None, bits: int = 8,
-           config: inr.INR | None = None, fit_sr: int | None = None, chunk: int | None = None,
+           steps: int | None = None, lr: float | None = None, bits: float | None = None,
+           kbps: float | None = None, config: inr.INR | None = None, fit_sr: int | None = None, chunk: int | None = None,
            overlap: int | None = None, seed: int | None = None, device: str | torch.device | None = None,
            compile: bool | str | None = None, batch: int | None = None,
            hyper: str | Path | None = None, refine: int | None = None,
@@ -48,7 +48,10 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         preset_name: ``auto`` (default: ``standard`` on CUDA, ``fast`` on CPU), ``fast``,
             ``standard``, ``paper``.
         steps, lr: override the preset's.
-        bits: quantisation bits per parameter (see ``quant.BITS_CHOICES``).
+        bits: quantisation depth of the stored weights (default 8; see ``quant``): with the
+            entropy coder fractional depths are allowed and each bit less halves the step.
+        kbps: target bitrate of the file: chooses the depth (and, for speech-rate targets,
+            the fitting rate) so that the file lands within 10 % of it (INR codec only).
         config: the INR (default: the paper's KAN, :class:`~kancodec.inr.KANConfig`).
         fit_sr: sample rate to fit at (default: the input's); lower trades bandwidth for bits.
         chunk, overlap: window length (default 32,768) and cross-fade (default 1,024), in
@@ -66,7 +69,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     Returns:
         a :class:`~kancodec.inrfile.KanFile` or :class:`~kancodec.aecodec.AEFile`.
     """
-    fitting = {"preset_name": preset_name, "steps": steps, "lr": lr, "config": config, "fit_sr": fit_sr,
+    fitting = {"kbps": kbps, "preset_name": preset_name, "steps": steps, "lr": lr, "config": config, "fit_sr": fit_sr,
                "chunk": chunk, "overlap": overlap, "seed": seed, "compile": compile, "batch": batch,
                "hyper": hyper, "refine": refine}
     given = {k: v for k, v in fitting.items() if v is not None}
@@ -78,7 +81,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     dev = resolve_device(device)
     x, rate = intake(source, sr)
     if ae is not None:
-        return aecodec.CODEC.encode(x, rate, model=ae, codebooks=codebooks, bits=bits, device=dev)
+        return aecodec.CODEC.encode(x, rate, model=ae, codebooks=codebooks, bits=8 if bits is None else bits, device=dev)
     return inrcodec.CODEC.encode(x, rate, bits=bits, device=dev, progress=progress, **given)
 
 

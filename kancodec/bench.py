@@ -43,16 +43,15 @@ def _time_decode(cfg: inr.KANConfig, windows: int, dev: torch.device, compiled: 
     """Seconds and output samples of :func:`kancodec.decode` on a file of ``windows`` windows (whole
     path: features, networks, cross-fades), after one warm-up decode of the same file."""
     from .api import decode
-    from .inrfile import AudioInfo, KanFile
-    from .quant import quantise
+    from .inrfile import AudioInfo, KanFile, store
 
     hop = N - 1024
     frames = N + hop * (windows - 1)
     audio = AudioInfo(sample_rate=SR, fit_sr=SR, channels=1, frames=frames, fit_frames=frames,
                       chunk=N, overlap=1024, windows=windows)
-    tensors = quantise(inr.compact(cfg, inr.init_params(cfg, windows)), 8)
+    tensors, scheme = store(cfg, inr.compact(cfg, inr.init_params(cfg, windows)), 8, np.ones(windows, bool))
     tensors["gain"] = np.ones(windows, np.float32)
-    kf = KanFile(cfg, audio, 8, tensors, {})
+    kf = KanFile(cfg, audio, 8, tensors, {}, scheme)
     decode(kf, device=dev, compile=compiled)
     _sync(dev)
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ class Encoded:
     """
 
     TAG: ClassVar[str]
-    VERSION: ClassVar[int] = 2  # 2: the checksum covers the metadata too
+    VERSION: ClassVar[int] = 3  # 2: the checksum covers the metadata too; 3: compact container
     #: False for a clip read from a version 1 file, whose checksum covered the tensors only
     metadata_checked = True
     audio: object
@@ -41,11 +41,8 @@ class Encoded:
         """The metadata entries of this kind, ``name -> JSON-able value`` (``encode`` last)."""
         raise NotImplementedError
 
-    def metadata(self) -> dict[str, str]:
-        return container.metadata(self.TAG, self.VERSION, {**self.fields(), "encode": self.encode}, self.tensors)
-
     def to_bytes(self) -> bytes:
-        return container.write(self.TAG, self.VERSION, {**self.fields(), "encode": self.encode}, self.tensors)
+        return container.write_compact(self.TAG, self.VERSION, {**self.fields(), "encode": self.encode}, self.tensors)
 
     def save(self, path: str | Path, force: bool = False) -> int:
         """Write atomically (temporary file, then rename). Returns the file size in bytes."""

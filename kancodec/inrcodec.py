@@ -22,14 +22,15 @@ import numpy as np
 import soxr
 import torch
 
-from . import __version__, inr, schema
-from .audio import SILENCE, crossfade_weights, n_windows, resample
+from . import __version__, entropy, inr, schema
+from .audio import SILENCE, n_windows, resample
 from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
 from .errors import FormatError, OptionError
 from .fit import FitProgress, fit, preset, preset_name as resolve_preset
-from .inrfile import TAG, AudioInfo, KanFile, from_container
-from .quant import check_bits, quantise
-from .schema import MAX_CHUNK, check_decode_work
+from .inrfile import TAG, AudioInfo, KanFile, from_container, store
+from .rate import Budget, check_kbps, choose_config, flatten, land
+from .inrdecode import eval_windows as _eval_windows
+from .schema import MAX_CHUNK
 from .runtime import Event, Progress, batch_size, fit_memory, tune_allocator, want_compile
 
 #: peak learning rate of ``refine`` (fitting from a hypernetwork's prediction): on 4 held-out
@@ -84,6 +85,14 @@ def check_fit_settings(steps: int, lr: float, seed: int, steps_name: str = "step
                           "0.0001-0.05)", "lr")
     if not (isinstance(seed, int) and 0 <= seed < 2**63):
         raise OptionError(f"{{seed}} {str(seed)[:30]}: must be a whole number from 0 to 2^63 - 1", "seed")
+
+
+def check_depth(bits: float) -> float:
+    """OptionError unless ``bits`` is 32 (float) or a depth the entropy coder takes (1-16)."""
+    if not (isinstance(bits, (int, float)) and (bits == 32 or entropy.MIN_BITS <= bits <= entropy.MAX_BITS)):
+        raise OptionError(f"{{bits}} {bits}: choose a depth from {entropy.MIN_BITS:g} to {entropy.MAX_BITS:g} "
+                          "(fractions allowed; each bit less halves the step), or 32 to store floats", "bits")
+    return int(bits) if float(bits).is_integer() else float(bits)
 
 
 class RandomInit:
@@ -155,14 +164,19 @@ class InrCodec:
     file_type = KanFile
 
     def encode(self, x: np.ndarray, sr: int, *, preset_name: str = "auto", steps: int | None = None,
-               lr: float | None = None, bits: int = 8, config: inr.INR | None = None, fit_sr: int | None = None,
+               lr: float | None = None, bits: float | None = None, kbps: float | None = None,
+               config: inr.INR | None = None, fit_sr: int | None = None,
                chunk: int | None = None, overlap: int | None = None, seed: int = 0,
                device: torch.device, compile: bool | str = "auto", batch: int | None = None,
                hyper: str | Path | None = None, refine: int | None = None,
                progress: Progress | None = None) -> KanFile:
         """``(C, T)`` audio at ``sr`` -> :class:`KanFile`; see :func:`kancodec.api.encode` for the options."""
         tune_allocator()
-        check_bits(bits)
+        if kbps is not None and bits is not None:
+            raise OptionError("{kbps} chooses the depth itself: give {kbps} or {bits}, not both", "kbps", "bits")
+        bits = check_depth(8 if bits is None else bits)
+        if kbps is not None:
+            check_kbps(kbps)
         if hyper is not None:
             init = HyperInit(hyper, device)
             c = init.model.config
@@ -180,6 +194,7 @@ class InrCodec:
         elif refine is not None:
             raise OptionError("{refine} needs {hyper}: it continues fitting from the hypernetwork's prediction",
                               "refine", "hyper")
+        chosen = config is None and kbps is not None  # --kbps chooses the width too
         config = config or inr.KANConfig()
         chunk = DEFAULT_CHUNK if chunk is None else chunk
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
@@ -196,26 +211,42 @@ class InrCodec:
         if hyper is None:
             init = RandomInit(config, seed)
         w = cut(x, sr, fit_sr, chunk, overlap)
+        if chosen:
+            config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active))
+            settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
+            init = RandomInit(config, seed)
+        budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config)
         start = time.perf_counter()
-        fitted, use_compile = self._fit(config, w, init, settings, fit_sr, device, compile, batch, progress)
+        fitted, depths, use_compile = self._fit(config, w, init, settings, fit_sr, device, compile, batch, progress,
+                                                bits if budget is None else budget)
         if not all(bool(torch.isfinite(v).all()) for v in fitted.values()):
             raise OptionError(f"the fit diverged (weights became infinite or NaN) at {{lr}} {settings.lr:g}; "
                               "lower {lr} or leave it to the preset; nothing was written", "lr")
-        tensors = quantise(inr.compact(config, fitted), bits, config.keep_float)
+        compact = inr.compact(config, fitted)
+        active = w.gains > 0
+        if budget is not None:
+            flat = flatten(config, compact)
+            depths = land(flat, active, depths, budget,
+                          lambda d: 32 * entropy.encode_networks(flat, d, active)["ans"].size)
+            bits = round(float(depths[active].mean()), 2) if active.any() else 8
+        tensors, scheme = store(config, compact, depths if budget is not None else bits, active)
         tensors["gain"] = w.gains
         audio = AudioInfo(sample_rate=int(sr), fit_sr=fit_sr, channels=x.shape[0], frames=x.shape[1],
                           fit_frames=w.xf.shape[1], chunk=chunk, overlap=overlap, windows=w.per_channel)
         made = init.describe()
         kf = KanFile(config, audio, bits, tensors, {
             "kancodec": __version__, "preset": resolve_preset(preset_name, device), "settings": asdict(settings),
-            "device": str(device), "compile": use_compile, "seconds": round(time.perf_counter() - start, 3),
-            **({"hyper": made} if made else {})})
+            "device": str(device), "compile": use_compile, "seconds": round(time.perf_counter() - start, 1),
+            **({"hyper": made} if made else {}), **({"kbps_target": kbps} if kbps is not None else {})}, scheme)
         kf.encode.update(measure_blocks(self.stream(kf, fit_sr, device=device), w.xf))  # what the file holds
         return kf
 
     @staticmethod
-    def _fit(config, w: Windows, init, settings, fit_sr, dev, compile, batch, progress) -> tuple[dict, bool]:
-        """Fit every active window in batches -> ``({name: (C × W, …)} on the CPU, compiled?)``."""
+    def _fit(config, w: Windows, init, settings, fit_sr, dev, compile, batch, progress,
+             bits: float | Budget) -> tuple[dict, np.ndarray, bool]:
+        """Fit every active window in batches, the last steps at the depth it will be stored at
+        (``bits``, or each batch's share of a :class:`~kancodec.rate.Budget`) -> ``({name:
+        (C × W, …)} on the CPU, depths (C × W,), compiled?)``."""
         n_win, chunk = w.gains.shape[0], w.win.shape[-1]
         use_compile = want_compile(compile, settings.steps * len(w.active))
         scale = memory_scale(config)
@@ -231,6 +262,7 @@ class InrCodec:
                                                                              use_compile, scale) + 3 * w.xf.nbytes) / 1e9, 2),
                                               "hyper": made["model"] if made else None}))
         fitted = {k: torch.zeros((n_win, *shape)) for k, shape in config.shapes().items()}  # silence: zeros
+        depths = np.full(n_win, 8.0 if isinstance(bits, Budget) else float(bits))
         for b in range(n_batches):
             idx = w.active[b * bsz:(b + 1) * bsz]
             target = torch.from_numpy(w.rows(idx) / w.gains[idx, None]).to(dev)
@@ -241,11 +273,19 @@ class InrCodec:
                     progress(Event("fit", b * settings.steps + p.step, total, {"loss": p.loss, "snr": p.snr_db}))
                     if b == 0 and p.step == min(20, settings.steps) and total > p.step:
                         progress(Event("estimate", info={"seconds": p.elapsed / p.step * (total - p.step)}))
-            params = fit(config, target, settings, fit_sr, init=start, compile=use_compile,
-                         progress=reporter).params if settings.steps else start
+            depth = bits.chooser(config, len(idx)) if isinstance(bits, Budget) else bits
+            if settings.steps:
+                result = fit(config, target, settings, fit_sr, init=start, compile=use_compile, progress=reporter,
+                             bits=depth)
+                params, chosen = result.params, result.bits
+            else:
+                params, chosen = start, None
+            if chosen is None and callable(depth):  # no quantisation-aware steps: choose for the start
+                chosen = depth({k: v.detach() for k, v in inr.compact(config, params).items()})
+            depths[idx] = depths[idx] if chosen is None else chosen
             for k, v in params.items():
                 fitted[k][torch.from_numpy(idx)] = v.cpu()
-        return fitted, use_compile
+        return fitted, depths, use_compile
 
     def decode(self, kf: KanFile, sr: int, *, device: torch.device, compile: bool | str = "auto",
                progress: Progress | None = None, **_) -> np.ndarray:
@@ -291,6 +331,7 @@ class InrCodec:
         a = kf.audio
         return {"format": TAG, "audio": {**a.__dict__, "duration": a.duration}, "inr": kf.config.to_dict(),
                 "params_per_window": kf.config.n_params, "networks": a.channels * a.windows, "bits": kf.bits,
+                "quant": kf.scheme, "bits_per_weight": round(kf.bits_per_weight(), 3),
                 **bitrate(size, kf), **integrity(kf), "encode": kf.encode}
 
     def summary(self, kf: KanFile, size: int) -> list[tuple[str, str]]:
@@ -299,8 +340,11 @@ class InrCodec:
         rows = [
             ("audio", f"{a.duration:.2f} s, {a.channels} ch, {a.sample_rate} Hz (fitted at {a.fit_sr} Hz)"),
             ("model", f"{kf.config.describe()}, {kf.config.n_params:,} params x {a.channels * a.windows} windows"),
-            ("size", f"{size:,} bytes at {kf.bits} bits: {kbps:.1f} kbps "
-                     f"({kf.pcm_kbps() / kbps:.2f}x smaller than 16-bit PCM at {kf.pcm_kbps():.0f} kbps)"),
+            ("size", f"{size:,} bytes, {kbps:.1f} kbps ({kf.pcm_kbps() / kbps:.2f}x smaller than 16-bit PCM at "
+                     f"{kf.pcm_kbps():.0f} kbps)" + (f", target {fact(e, 'kbps_target')} kbps" if "kbps_target" in e else "")
+                     + (" (all this network takes: widen --hidden for more)" if _short(e, kbps) else "")),
+            ("weights", f"depth {kf.bits} bits, " + (f"entropy-coded: {kf.bits_per_weight():.2f} bits per weight"
+                                                     if kf.scheme != "affine-per-row" else "fixed-length")),
         ]
         if "snr_db" in e:
             rows.append(("quality", f"SNR {fact(e, 'snr_db', '.2f')} dB, SI-SNR {fact(e, 'si_snr_db', '.2f')} dB "
@@ -322,77 +366,10 @@ class InrCodec:
         return {"label": f"{kf.config.arch}, {kf.bits} bits", "bits": kf.bits, "arch": kf.config.arch}
 
 
-def _eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compile: bool | str,
-                  progress: Progress | None) -> Iterator[np.ndarray]:
-    """Evaluate every window on the output grid (``out_sr`` >= fitted rate) and cross-fade:
-    ``(C, n)`` float32 blocks, each yielded as soon as no later window reaches it, adding up
-    to ``n_out`` samples. Memory: one batch of windows and the samples they span, refused
-    (OptionError naming ``sr``) past :data:`~kancodec.schema.MAX_WORK_BYTES`; below the
-    fitted rate the windows are evaluated at it, so the same bound holds."""
-    a, config = kf.audio, kf.config
-    check_decode_work(config, a.chunk, a.fit_sr, out_sr)
-    tune_allocator()
-    hop = a.chunk - a.overlap
-    ratio = out_sr / a.fit_sr
-    starts = np.arange(a.windows) * hop / a.fit_sr  # seconds
-    first_m = np.ceil(starts * out_sr - 1e-9).astype(np.int64)
-    span = int(math.ceil(a.chunk * ratio)) + 1
-    base = 0  # output index of out[:, 0]: the samples before it were yielded
-    out = np.zeros((a.channels, 0), dtype=np.float64)
-    wsum = np.zeros(0, dtype=np.float64)
-    shared = float(hop * ratio).is_integer()
-    use_compile = want_compile(compile, a.windows * a.channels * span / 32768, pays_from=64)
-    fn, features = inr.forward_fn(use_compile), inr.features_fn(use_compile)
-    gains = kf.gains.reshape(a.channels, a.windows)
-    per_batch = max(1, int(4 * 32768 / span / a.channels)) if dev.type == "cpu" else 64
-    cache: dict = {}  # the shared features, when every window sees the same local grid
-    for w0 in range(0, a.windows, per_batch):
-        ws = np.arange(w0, min(a.windows, w0 + per_batch))
-        m = first_m[ws, None] + np.arange(span)[None, :]  # (w, span) output sample indices
-        tau = (m / out_sr - starts[ws, None]) * a.fit_sr  # position in fitted samples
-        t = torch.from_numpy(-1.0 + 2.0 * tau / (a.chunk - 1)).float().to(dev)
-        rows = (np.arange(a.channels)[:, None] * a.windows + ws[None, :]).reshape(-1)
-        if not gains[:, ws].any():  # silence costs nothing: its samples are 0 whatever the networks say
-            y = np.zeros((a.channels, len(ws), span))
-        else:
-            y = _forward(kf, rows, t, dev, features, fn, len(ws), cache if shared else None)
-        end = min(n_out, int(m[-1, -1]) + 1)
-        if end - base > out.shape[1]:  # room for the samples this batch reaches
-            grow = end - base - out.shape[1]
-            out, wsum = np.pad(out, ((0, 0), (0, grow))), np.pad(wsum, (0, grow))
-        for j, w in enumerate(ws):
-            valid = (m[j] < n_out) & (tau[j] < a.chunk)
-            wt = crossfade_weights(tau[j], a.chunk, a.overlap, w == 0, w == a.windows - 1) * valid
-            sel = m[j][valid] - base
-            out[:, sel] += y[:, j, valid] * gains[:, w, None] * wt[valid]
-            wsum[sel] += wt[valid]
-        final = n_out if ws[-1] + 1 == a.windows else min(n_out, int(first_m[ws[-1] + 1]))
-        if final == n_out and n_out - base > out.shape[1]:  # a tail no window reaches: silence
-            grow = n_out - base - out.shape[1]
-            out, wsum = np.pad(out, ((0, 0), (0, grow))), np.pad(wsum, (0, grow))
-        k = final - base
-        if k > 0:
-            yield (out[:, :k] / np.maximum(wsum[:k], 1e-12)).astype(np.float32)
-            out, wsum, base = out[:, k:], wsum[k:], final
-        if progress:
-            progress(Event("decode", int(ws[-1]) + 1, a.windows))
-
-
-def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, features, fn, n_ws: int,
-             cache: dict | None) -> np.ndarray:
-    """The networks ``rows`` at local times ``t`` ``(w, span)`` -> ``(C, w, span)`` float64;
-    ``cache`` (given when every window sees the same grid) keeps the first layer's features."""
-    config, a = kf.config, kf.audio
-    p = {k: v.to(dev) for k, v in kf.params(rows).items()}
-    with torch.inference_mode():
-        if cache is not None:
-            if "feats" not in cache:
-                cache["feats"] = features(config, t[0])
-            feats = cache["feats"]
-        else:  # (rows, span, F): row i is window ws[i % w] of channel i // w
-            feats = features(config, t)[torch.arange(len(rows)) % n_ws]
-        y = inr.forward_chunked(config, p, feats, fn)
-    return y.reshape(a.channels, n_ws, -1).cpu().double().numpy()
+def _short(e: dict, kbps: float) -> bool:
+    """Whether a ``--kbps`` file fell short of its target because the depth reached its top."""
+    target = e.get("kbps_target")
+    return isinstance(target, (int, float)) and kbps < 0.9 * target
 
 
 CODEC = InrCodec()

@@ -1,4 +1,4 @@
-"""``.kan`` files of INR weights (format tag ``"kancodec-inr"``, version 1).
+"""``.kan`` files of INR weights (format tag ``"kancodec-inr"``, version 3; 1 and 2 are read).
 
 The container (:mod:`kancodec.container`) holds, besides its own tag, version and checksum:
 
@@ -8,12 +8,18 @@ The container (:mod:`kancodec.container`) holds, besides its own tag, version an
 ``kancodec.audio``     ``sample_rate`` (the input's), ``fit_sr``, ``channels``,
                        ``frames`` (at ``sample_rate``), ``fit_frames``, ``chunk``,
                        ``overlap``, ``windows`` (per channel)
-``kancodec.quant``     ``{"scheme": "affine-per-row", "bits": B}``
+``kancodec.quant``     ``{"scheme": "laplace-ans", "bits": B}`` (version 3; ``B`` may be
+                       fractional, see :mod:`kancodec.entropy`) or ``{"scheme":
+                       "affine-per-row", "bits": B}`` (versions 1-2, and float32 files)
 ``kancodec.encode``    how it was encoded: fit settings, preset, device, seconds, SNR
 =====================  ==========================================================
 
 Tensors, with ``B = channels × windows`` networks in channel-major order: ``gain``
-``(B,)`` float32 (each window's peak; 0 for a silent window), and for every stored INR
+``(B,)`` float32 (each window's peak; 0 for a silent window). Scheme ``laplace-ans``:
+``step`` ``(B, T)`` float32, ``side`` ``(B, T, 3)`` int16, ``size`` ``(B,)`` int32 and ``ans``
+``(words,)`` uint32 for the ``T`` stored parameters not kept in float, in the config's
+order (see :func:`kancodec.entropy.encode_networks`), and ``q.<name>`` ``(B, n)`` float32
+for those kept in float. Scheme ``affine-per-row``: for every stored INR
 parameter ``q.<name>`` (``B`` rows of bit-packed integers, little-endian bit order, or
 float32 at 32 bits) with ``lo.<name>`` and ``step.<name>`` ``(B, R)`` float32, one affine
 step per network and row ``R`` (the parameter's first axis, a layer input):
@@ -29,10 +35,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from . import container, inr, schema
+from . import container, entropy, inr, schema
 from .codec import Encoded
 from .errors import FormatError
-from .quant import BITS_CHOICES, dequantise, packed_size
+from .quant import BITS_CHOICES, dequantise, packed_size, quantise
+
+AFFINE = "affine-per-row"
 
 TAG = "kancodec-inr"
 
@@ -62,9 +70,10 @@ class KanFile(Encoded):
     TAG = TAG
     config: inr.INR
     audio: AudioInfo
-    bits: int
+    bits: float
     tensors: dict[str, np.ndarray]
     encode: dict = field(default_factory=dict)
+    scheme: str = entropy.SCHEME
 
     @property
     def gains(self) -> np.ndarray:
@@ -74,13 +83,52 @@ class KanFile(Encoded):
         """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32, or
         only the networks ``rows`` (indices into that axis) so a long file dequantises a
         batch at a time."""
-        stored = self.tensors if rows is None else {k: v[rows] for k, v in self.tensors.items()}
-        return inr.expand(self.config, dequantise(stored, inr.stored_shapes(self.config), self.bits,
-                                                  self.config.keep_float))
+        shapes = inr.stored_shapes(self.config)
+        if self.scheme == AFFINE:
+            stored = self.tensors if rows is None else {k: v[rows] for k, v in self.tensors.items()}
+            return inr.expand(self.config, dequantise(stored, shapes, self.bits, self.config.keep_float))
+        rows = np.arange(self.gains.shape[0]) if rows is None else np.asarray(rows)
+        coded = coded_names(self.config)
+        try:
+            values = entropy.decode_networks(self.tensors, [int(np.prod(shapes[n])) for n in coded], rows)
+        except ValueError as e:
+            raise FormatError(f"{e}; the file is damaged or crafted, re-encode the audio") from None
+        out = {n: torch.from_numpy(v).reshape(len(rows), *shapes[n]) for n, v in zip(coded, values)}
+        for n in self.config.keep_float:
+            out[n] = torch.from_numpy(np.ascontiguousarray(self.tensors[f"q.{n}"][rows])).reshape(len(rows), *shapes[n])
+        return inr.expand(self.config, {n: out[n] for n in shapes})
+
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight of the networks that hold sound (their coded stream, or the
+        packed integers; side information not counted)."""
+        active = int((self.gains > 0).sum())
+        if not active:
+            return 0.0
+        if self.scheme == AFFINE:
+            return float(self.bits)
+        n = sum(int(np.prod(inr.stored_shapes(self.config)[k])) for k in coded_names(self.config))
+        return 32.0 * self.tensors["ans"].size / (active * max(1, n))
 
     def fields(self) -> dict:
         return {"inr": self.config.to_dict(), "audio": asdict(self.audio),
-                "quant": {"scheme": "affine-per-row", "bits": self.bits}}
+                "quant": {"scheme": self.scheme, "bits": self.bits}}
+
+
+def coded_names(config: inr.INR) -> list[str]:
+    """The stored parameters the entropy coder codes, in order (all but ``keep_float``)."""
+    return [n for n in inr.stored_shapes(config) if n not in config.keep_float]
+
+
+def store(config: inr.INR, compact: dict[str, torch.Tensor], bits: float, active: np.ndarray) -> tuple[dict, str]:
+    """Quantise and code compact parameters ``name -> (B, …)`` -> ``(tensors, scheme)``
+    (without ``gain``): entropy-coded below 32 bits, float32 at 32."""
+    if np.ndim(bits) == 0 and bits == 32:
+        return quantise(compact, 32, config.keep_float), AFFINE
+    flat = {n: compact[n].detach().cpu().reshape(compact[n].shape[0], -1).numpy() for n in compact}
+    tensors = entropy.encode_networks([flat[n] for n in coded_names(config)], bits, active)
+    for n in config.keep_float:
+        tensors[f"q.{n}"] = flat[n].astype(np.float32)
+    return tensors, entropy.SCHEME
 
 
 def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: str) -> KanFile:
@@ -89,13 +137,18 @@ def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: 
     config = schema.inr_config(where, container.field(meta, "inr", where))
     audio = AudioInfo(**schema.inr_audio(where, container.field(meta, "audio", where)))
     quant = schema.obj(where, "kancodec.quant", container.field(meta, "quant", where), ("scheme", "bits"))
-    schema.choice(where, "kancodec.quant.scheme", quant["scheme"], ("affine-per-row",))
-    bits = schema.choice(where, "kancodec.quant.bits", quant["bits"], BITS_CHOICES)
+    v3 = meta.get(container.PREFIX + "version") not in ("1", "2")
+    scheme = schema.choice(where, "kancodec.quant.scheme", quant["scheme"], (entropy.SCHEME, AFFINE) if v3 else (AFFINE,))
+    if scheme == AFFINE:
+        bits = schema.choice(where, "kancodec.quant.bits", quant["bits"], BITS_CHOICES if not v3 else (32,))
+    else:
+        bits = schema.number(where, "kancodec.quant.bits", quant["bits"], entropy.MIN_BITS, entropy.MAX_BITS)
+        bits = int(bits) if bits.is_integer() else bits
     work = schema.decode_work(config, audio.chunk, audio.fit_sr, audio.sample_rate)
     if work > schema.MAX_WORK_BYTES:
         raise schema.bad(where, "kancodec.audio.chunk", audio.chunk, f"with this network needs {work / 2**30:.1f} GiB "
                          f"per window to decode at {audio.sample_rate} Hz (at most {schema.MAX_WORK_BYTES >> 30} GiB)")
-    kf = KanFile(config, audio, bits, tensors, container.field(meta, "encode", where))
+    kf = KanFile(config, audio, bits, tensors, container.field(meta, "encode", where), scheme)
     _check_shapes(kf, where)
     return kf
 
@@ -104,6 +157,9 @@ def _check_shapes(kf: KanFile, where: str) -> None:
     a = kf.audio
     batch = a.channels * a.windows
     expected: dict[str, tuple[tuple[int, ...], str]] = {"gain": ((batch,), "float32")}
+    if kf.scheme == entropy.SCHEME:
+        _check_coded(kf, where, expected)
+        return
     for name, shape in inr.stored_shapes(kf.config).items():
         n = int(np.prod(shape))
         if kf.bits == 32 or name in kf.config.keep_float:
@@ -112,6 +168,33 @@ def _check_shapes(kf: KanFile, where: str) -> None:
             expected[f"q.{name}"] = ((batch, packed_size(n, kf.bits)), "uint8")
             expected[f"lo.{name}"] = ((batch, shape[0]), "float32")
             expected[f"step.{name}"] = ((batch, shape[0]), "float32")
+    _check_tensors(kf, where, expected)
+
+
+def _check_coded(kf: KanFile, where: str, expected: dict) -> None:
+    a = kf.audio
+    batch, n_t = a.channels * a.windows, len(coded_names(kf.config))
+    expected.update({"step": ((batch, n_t), "float32"), "side": ((batch, n_t, 3), "int16"),
+                     "size": ((batch,), "int32")})
+    for name in kf.config.keep_float:
+        expected[f"q.{name}"] = ((batch, int(np.prod(inr.stored_shapes(kf.config)[name]))), "float32")
+    size = kf.tensors.get("size")
+    words = int(size.astype(np.int64).sum()) if isinstance(size, np.ndarray) and size.dtype == np.int32 else -1
+    expected["ans"] = ((max(words, 0),), "uint32")
+    _check_tensors(kf, where, expected)
+    side = kf.tensors["side"].astype(np.int64)
+    m, span, j = side[..., 0], side[..., 1], side[..., 2]
+    if (size < 0).any() or (np.abs(m) > entropy.MAX_SPAN).any() or (span < 0).any() or (span > entropy.MAX_SPAN).any() \
+            or (j < 0).any() or (j >= entropy.DECAY_ONE).any() or (kf.tensors["step"] <= 0).any() \
+            or not ((np.abs(m) + span) * kf.tensors["step"].astype(np.float64) <= schema.MAX_VALUE).all():
+        raise FormatError(f"{where}: the entropy coder's parameters (side, step, size) are out of range; "
+                          "the file is damaged or crafted, re-encode the audio")
+    live = np.flatnonzero(kf.tensors["size"] > 0)
+    if live.size:  # one network decoded: a config that disagrees with the coded weights shows here
+        kf.params(live[:1])
+
+
+def _check_tensors(kf: KanFile, where: str, expected: dict) -> None:
     missing = sorted(set(expected) - set(kf.tensors))
     if missing:
         raise FormatError(f"{where}: tensors missing: {', '.join(missing[:4])}; the file is damaged, re-encode it")

@@ -3,20 +3,36 @@
 All functions take a reference ``ref`` and a test signal ``out`` as 1-D float arrays of
 the same length and sample rate (:func:`evaluate` handles channels, rates and lengths).
 
-- **MSE** ``mean((ref - out)²)``.
-- **PSNR** ``10 log10(max|ref|² / MSE)`` dB: the peak is the reference's.
-- **SNR** ``10 log10(Σ ref² / Σ (ref - out)²)`` dB.
+LSD and PSNR compute what the paper's code computes (``fewsound/utils/metrics.py`` of
+github.com/gmum/fewsound, with torchmetrics 0.9.3 as it pins); ``tests/paper_port.py``
+re-implements that code and the tests hold these functions to it.
+
+- **MSE** ``mean((ref - out)²)`` (the paper's too).
+- **PSNR** (the paper's: torchmetrics' ``PeakSignalNoiseRatio()`` with no data range)
+  ``10 log10(range² / MSE)`` dB with ``range = max(max ref, 0) - min(min ref, 0)``, the
+  reference's span (which torchmetrics counts from 0). ``n/a`` for a silent reference.
+  :func:`psnr_peak` is the peak-based ``10 log10(max|ref|² / MSE)``, kancodec's PSNR
+  before issue #15 (not in :data:`CORE`); it is 0 to 6.02 dB lower, as the span is 1 to
+  2 peaks (4.7 dB on the bundled ``inr-kan-8bit.kan`` fixture).
+- **SNR** ``10 log10(Σ ref² / Σ (ref - out)²)`` dB (the paper's adds the float32 epsilon,
+  1.2e-7, to both sums; here a perfect copy is ``inf``).
 - **SI-SNR** scale-invariant SNR: both signals mean-removed, ``s = (<out, ref> / |ref|²) ref``,
-  ``10 log10(|s|² / |out - s|²)`` dB. A pure gain does not change it; a delay does.
-- **LSD** log-spectral distance as the paper's reference code: Hann STFT with
-  ``n_fft = round(2048 sr / 44100)``, hop ``sr / 100``, ``mean_frames sqrt(mean_freq
-  (log10(|R|² / |O|²))²)`` (log10, no ×10; powers floored at 1e-10).
+  ``10 log10(|s|² / |out - s|²)`` dB. A pure gain does not change it; a delay does. (The
+  paper's is the same with the float32 epsilon in each sum: within 1e-4 dB on real audio.)
+- **LSD** log-spectral distance, the paper's: ``torch.stft`` with a periodic Hann window,
+  ``n_fft = int(2048 / (44100 / sr))``, hop ``int(sr / 100)``, centred frames padded with
+  zeros; with ``R``, ``O`` the magnitudes of ``ref``, ``out``:
+  ``mean_frames sqrt(mean_bins log10(R² / (O + 1e-12)² + 1e-12)²)`` (log10, no ×10, no
+  floor). Computed in float32 like the paper's code: where ``out`` leaves bins empty
+  (band-limited output) the float32 rounding floor of its spectrum is part of the number.
+  Asymmetric (``ref`` on top), and two silent signals score 12, as in the paper's code.
 - **PESQ** ITU-T P.862.2 wide band on both signals resampled to 16 kHz; narrow band
   (P.862) at 8 kHz when the reference's rate is 8 kHz. ``n/a`` with the reason on silence.
 - **STOI** short-time objective intelligibility (pystoi, which works at 10 kHz).
-- **Spectral Wasserstein** (the paper's): ``|FFT|`` of each signal as a probability
-  distribution over the support ``[0, 1, 4, …, (n-1)²]`` (squared bin indices), the
-  1-Wasserstein distance between the two, divided by the clip length in samples.
+- **Spectral Wasserstein** (the paper's code has none to check it against): ``|FFT|`` of
+  each signal as a probability distribution over the support ``[0, 1, 4, …, (n-1)²]``
+  (squared bin indices), the 1-Wasserstein distance between the two, divided by the clip
+  length in samples.
 - Optional: **ViSQOL** (speech mode, MOS-LQO at 16 kHz; ``pip install visqol-python``)
   and **CDPAM** (``pip install 'kancodec[cdpam]'``: its learned perceptual distance at
   22.05 kHz, 0 = identical, lower is better); each reports why when it cannot run.
@@ -48,7 +64,20 @@ def mse(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.mean((ref.astype(np.float64) - out) ** 2))
 
 
-def psnr(ref: np.ndarray, out: np.ndarray) -> float:
+def psnr(ref: np.ndarray, out: np.ndarray) -> float | NotAvailable:
+    """The paper's PSNR: ``10 log10(range² / MSE)``, ``range`` the reference's span including 0."""
+    ref = np.asarray(ref, np.float64)
+    span = max(float(ref.max()), 0.0) - min(float(ref.min()), 0.0)
+    if span == 0:
+        return NotAvailable("the reference is silent (PSNR's range, max - min, is 0)")
+    err = mse(ref, out)
+    if err == 0:
+        return math.inf
+    return 10 * math.log10(span**2 / err)
+
+
+def psnr_peak(ref: np.ndarray, out: np.ndarray) -> float:
+    """Peak-based PSNR, ``10 log10(max|ref|² / MSE)`` (kancodec's ``psnr`` before it followed the paper)."""
     err = mse(ref, out)
     peak = float(np.max(np.abs(ref))) ** 2
     if err == 0:
@@ -68,21 +97,30 @@ def si_snr(ref: np.ndarray, out: np.ndarray) -> float:
                            eps=1e-20))
 
 
+LSD_EPS = 1e-12  # the paper's code's epsilon, added to |O| and to the power ratio
+
+
 def lsd_n_fft(sr: int) -> int:
-    """LSD's frame: 2048 samples at 44.1 kHz, scaled to the rate."""
-    return max(16, round(2048 * sr / 44100))
+    """LSD's frame as the paper's code sizes it: 2048 samples at 44.1 kHz, scaled and truncated."""
+    return max(16, int(2048 / (44100 / sr)))  # the 16 only matters below 345 Hz
+
+
+def lsd_hop(sr: int) -> int:
+    """LSD's hop: 10 ms, truncated (``int(sr / 100)``, as the paper's code)."""
+    return max(1, int(sr / 100))
 
 
 def lsd(ref: np.ndarray, out: np.ndarray, sr: int) -> float:
-    n_fft = lsd_n_fft(sr)
-    hop = max(1, round(sr / 100))
+    """The paper's log-spectral distance of ``out`` from ``ref`` (see the module's docstring)."""
+    n_fft, hop = lsd_n_fft(sr), lsd_hop(sr)
+    window = torch.hann_window(n_fft, dtype=torch.float32)
 
-    def power(x: np.ndarray) -> torch.Tensor:
-        spec = torch.stft(torch.from_numpy(np.asarray(x, np.float64)), n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
-                          return_complex=True, center=True)
-        return spec.abs().square().clamp_min(1e-10)
+    def magnitude(x: np.ndarray) -> torch.Tensor:  # (bins, frames), float32 as in the paper's code
+        return torch.stft(torch.from_numpy(np.ascontiguousarray(x, np.float32)), n_fft, hop, window=window,
+                          center=True, pad_mode="constant", return_complex=True).abs()
 
-    d = torch.log10(power(ref) / power(out))  # (freq, frames)
+    r, o = magnitude(ref), magnitude(out)
+    d = torch.log10(r.square() / (o + LSD_EPS).square() + LSD_EPS)
     return float(d.square().mean(0).sqrt().mean())
 
 
@@ -208,7 +246,7 @@ def evaluate(ref: np.ndarray, out: np.ndarray, sr: int, out_sr: int | None = Non
     if ref.shape[1] != out.shape[1]:
         notes.append(f"lengths differ (reference {ref.shape[1]}, output {out.shape[1]} samples at {sr} Hz): "
                      f"compared the first {n}")
-    shortest = lsd_n_fft(sr) // 2 + 1  # the spectral metrics need half a frame (their padding)
+    shortest = lsd_n_fft(sr) // 2 + 1  # at least half an LSD frame: less is not a spectrum worth scoring
     if n < shortest:
         raise InputError(f"nothing to compare: {n} sample(s) in common at {sr} Hz; eval needs at least {shortest} "
                          f"({1000 * shortest / sr:.0f} ms)")

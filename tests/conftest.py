@@ -64,7 +64,10 @@ def leftovers(folder):
 
 def rewrite_metadata(data: bytes, change, rehash: bool = True) -> bytes:
     """The file with its metadata changed; ``rehash``: and its checksum recomputed, as a
-    crafter would, so that the checks behind the checksum are what is tested."""
+    crafter would, so that the checks behind the checksum are what is tested. ``change``
+    sees the metadata strings of either container (compact files: as a reader sees them)."""
+    if container.is_compact(data):
+        return rewrite_compact(data, lambda meta, tensors: change(meta), rehash)
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
     change(header["__metadata__"])
@@ -74,6 +77,39 @@ def rewrite_metadata(data: bytes, change, rehash: bool = True) -> bytes:
     new = json.dumps(header).encode()
     new += b" " * (-len(new) % 8)
     return struct.pack("<Q", len(new)) + new + data[8 + n:]
+
+
+def version2(kf) -> bytes:
+    """An INR clip as kancodec 0.1 wrote it: a version 2 safetensors file, 8-bit affine-per-row."""
+    from kancodec import inr
+    from kancodec.inrfile import AFFINE, KanFile
+    from kancodec.quant import quantise
+
+    compact = inr.compact(kf.config, kf.params())
+    bits = 32 if kf.bits == 32 else 8
+    old = KanFile(kf.config, kf.audio, bits, {**quantise(compact, bits, kf.config.keep_float), "gain": kf.gains},
+                  kf.encode, AFFINE)
+    return container.write(old.TAG, 2, {**old.fields(), "encode": old.encode}, old.tensors)
+
+
+def rewrite_compact(data: bytes, change, rehash: bool = True) -> bytes:
+    """A compact (version 3) file rewritten after ``change(meta strings, tensors)`` edits its
+    metadata strings and/or tensors in place (``rehash``: with a valid checksum)."""
+    meta, tensors, _ = container._read_compact(data, "test", None)
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    change(meta, tensors)
+    fields = {}
+    for key, value in meta.items():
+        short = key[len(container.PREFIX):] if key.startswith(container.PREFIX) else key
+        try:
+            parsed = json.loads(value) if short not in ("format", "version") else value
+        except (ValueError, TypeError, RecursionError):  # kept as the string it is
+            parsed = value
+        fields[short] = parsed
+    out = container.write_compact(str(fields.get("format", "")), 3, fields, tensors)  # fields' own tag/version win
+    if not rehash:
+        out = out[:-8] + data[-8:]
+    return out
 
 
 @pytest.fixture(scope="session")

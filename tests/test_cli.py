@@ -58,7 +58,7 @@ def _umask() -> int:
 def test_info_table_names_the_facts(kan):
     res = cli("info", kan)
     assert res.exit_code == 0
-    for word in ("kbps", "8000 Hz", "params", "8 bits", "smaller than 16-bit PCM"):
+    for word in ("kbps", "8000 Hz", "params", "depth 8 bits", "bits per weight", "smaller than 16-bit PCM"):
         assert word in res.stdout, word
 
 
@@ -141,7 +141,7 @@ def test_decode_refuses_unknown_output_format(tmp_path, kan):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--bits", "9"], ["--bits 9", "16", "8", "6", "4"]),
+    (["--bits", "17"], ["--bits 17", "1", "16", "32"]),
     (["--preset", "ultra"], ["--preset 'ultra'", "fast", "standard", "paper"]),
     (["--device", "tpu"], ["--device 'tpu'", "auto", "cpu", "cuda"]),
     (["--compile", "maybe"], ["--compile 'maybe'", "auto", "yes", "no"]),

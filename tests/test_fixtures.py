@@ -81,6 +81,9 @@ def test_old_files_info_json_unchanged(name):
     res = CliRunner().invoke(app, ["info", "--json", str(DATA / name)])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    # the one addition since: what the checksum of these version 1 files covered
+    # the additions since: what the checksum of these version 1 files covered, and (INR
+    # files) the quantisation scheme and the stored bits per weight
     assert doc.pop("checksum") == "tensors only (version 1 file)"
+    if doc["format"] == "kancodec-inr":
+        assert doc.pop("quant") == "affine-per-row" and doc.pop("bits_per_weight") == doc["bits"]
     assert doc == INFO[name]

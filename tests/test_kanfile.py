@@ -8,7 +8,7 @@ from safetensors.numpy import load as st_load
 
 from kancodec import container, kanfile
 from kancodec.errors import FormatError, InputError
-from conftest import TINY_ENCODE, rewrite_metadata
+from conftest import TINY_ENCODE, rewrite_metadata, version2
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +55,18 @@ def test_tampered_tensor_bytes_fail_the_checksum(kf):
 
 def test_edited_metadata_fails_the_checksum(kf):
     """Since version 2 the checksum covers the metadata: a changed sample rate is refused."""
+    v2 = version2(kf)
+
     def halve(m):
         audio = json.loads(m["kancodec.audio"])
         audio["sample_rate"] //= 2
         m["kancodec.audio"] = json.dumps(audio)
-    assert b'"kancodec.version":"2"' in kf.to_bytes()[:4000]
-    with pytest.raises(FormatError, match="checksum mismatch"):
-        kanfile.from_bytes(rewrite_metadata(kf.to_bytes(), halve, rehash=False))
+    assert b'"kancodec.version":"2"' in v2[:4000]
+    for data in (v2, kf.to_bytes()):  # version 2 and today's compact version 3
+        with pytest.raises(FormatError, match="checksum mismatch"):
+            kanfile.from_bytes(rewrite_metadata(data, halve, rehash=False))
     # a version 1 file (tensors-only checksum) with the same edit is read, and says so
-    old = rewrite_metadata(kf.to_bytes(), lambda m: m.update({"kancodec.version": "1"}), rehash=False)
+    old = rewrite_metadata(v2, lambda m: m.update({"kancodec.version": "1"}), rehash=False)
     old = rewrite_metadata(old, lambda m: m.update({"kancodec.sha256": container.checksum(st_load(old))}), rehash=False)
     with pytest.raises(FormatError, match="fit_frames"):  # the schema still sees the inconsistency
         kanfile.from_bytes(rewrite_metadata(old, halve, rehash=False))
@@ -73,8 +76,9 @@ def test_edited_metadata_fails_the_checksum(kf):
         audio["sample_rate"] *= 2
         audio["frames"] *= 2
         m["kancodec.audio"] = json.dumps(audio)
-    with pytest.raises(FormatError, match="checksum mismatch"):
-        kanfile.from_bytes(rewrite_metadata(kf.to_bytes(), double, rehash=False))
+    for data in (v2, kf.to_bytes()):
+        with pytest.raises(FormatError, match="checksum mismatch"):
+            kanfile.from_bytes(rewrite_metadata(data, double, rehash=False))
     back = kanfile.from_bytes(rewrite_metadata(old, double, rehash=False))
     assert back.audio.sample_rate == kf.audio.sample_rate * 2 and not back.metadata_checked
     assert kancodec.describe(back)["checksum"] == "tensors only (version 1 file)"
@@ -98,7 +102,9 @@ def test_config_that_disagrees_with_the_tensors(kf):
         cfg = json.loads(m["kancodec.inr"])
         cfg["hidden"] = [16, 8]
         m["kancodec.inr"] = json.dumps(cfg)
-    with pytest.raises(FormatError, match="the config needs"):
+    with pytest.raises(FormatError, match="the config needs"):  # version 2: the tensor shapes disagree
+        kanfile.from_bytes(rewrite_metadata(version2(kf), widen))
+    with pytest.raises(FormatError, match="damaged"):  # version 3: the coded stream does not fit it
         kanfile.from_bytes(rewrite_metadata(kf.to_bytes(), widen))
 
 

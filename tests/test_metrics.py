@@ -19,7 +19,7 @@ def test_identical_signals_score_perfectly(speech):
     s = M.score(ref, ref.copy(), sr)
     assert s["mse"] == 0 and s["psnr"] == math.inf and s["snr"] == math.inf
     assert s["si_snr"] > 100
-    assert s["lsd"] == 0 and s["wasserstein"] == 0
+    assert s["lsd"] < 1e-8 and s["wasserstein"] == 0  # the paper's 1e-12 on |O| shows in float32 near-empty bins
     assert s["pesq"] > 4.5  # the top of the wide-band scale is 4.64
     assert s["stoi"] > 0.999
 
@@ -31,7 +31,9 @@ def test_known_snr_and_mse():
     out = ref + err
     assert M.snr(ref, out) == pytest.approx(20.0, abs=1e-9)
     assert M.mse(ref, out) == pytest.approx(np.mean(err**2), rel=1e-12)
-    assert M.psnr(ref, out) == pytest.approx(10 * np.log10(np.max(np.abs(ref)) ** 2 / np.mean(err**2)), rel=1e-12)
+    span = max(ref.max(), 0) - min(ref.min(), 0)  # the paper's (torchmetrics') range
+    assert M.psnr(ref, out) == pytest.approx(10 * np.log10(span**2 / np.mean(err**2)), rel=1e-12)
+    assert M.psnr_peak(ref, out) == pytest.approx(10 * np.log10(np.max(np.abs(ref)) ** 2 / np.mean(err**2)), rel=1e-12)
     assert M.si_snr(ref, out) == pytest.approx(20.0, abs=0.1)  # err is nearly orthogonal to ref
 
 
@@ -64,7 +66,9 @@ def test_silence_gives_reasons_not_crashes():
     s = M.score(z, z, 16000)
     assert isinstance(s["pesq"], M.NotAvailable) and "silent" in s["pesq"]
     assert isinstance(s["stoi"], M.NotAvailable)
-    assert s["mse"] == 0 and s["wasserstein"] == 0 and s["lsd"] == 0
+    assert s["mse"] == 0 and s["wasserstein"] == 0
+    assert s["lsd"] == pytest.approx(12.0)  # the paper's LSD: log10(0 / 1e-24 + 1e-12)² in every bin
+    assert isinstance(s["psnr"], M.NotAvailable) and "silent" in s["psnr"]
 
 
 def test_pesq_narrow_band_at_8k_and_too_short_clips(speech_wav):

@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 
 import kancodec
-from kancodec import inrcodec, kanfile
+from kancodec import container, inrcodec, kanfile
 from kancodec.audio import n_windows
 from kancodec.errors import FormatError, OptionError
 from kancodec.inr import KANConfig
 from kancodec.inrfile import AudioInfo, KanFile
-from conftest import TINY_ENCODE, assert_one_line_error, cli, rewrite_metadata
+from conftest import TINY_ENCODE, assert_one_line_error, cli, rewrite_metadata, version2
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,9 @@ REFUSED = [
     ("inr", {"arch": "mamba"}, "kancodec.inr.arch = 'mamba' is not one of"),
     ("inr", {"hidden": [4096, 4096, 4096]}, "is too large a network"),
     ("inr", {"hidden": []}, "kancodec.inr.hidden = [] is not a list"),
-    ("quant", {"bits": 9}, "kancodec.quant.bits = 9 is not one of"),
-    ("quant", {"bits": 8.0}, "kancodec.quant.bits = 8.0 is not one of"),
+    ("quant", {"bits": 17}, "kancodec.quant.bits = 17 is out of range"),
+    ("quant", {"bits": "8"}, "kancodec.quant.bits = '8' is not a finite number"),
+    ("quant", {"scheme": "affine-per-row"}, "kancodec.quant.bits = 8 is not one of 32"),
     ("quant", {"scheme": "other"}, "kancodec.quant.scheme = 'other' is not one of"),
 ]
 
@@ -84,8 +85,11 @@ def test_crafted_metadata_is_refused_naming_the_field(kf, section, changes, word
 
 
 def test_a_shape_changing_edit_that_fits_the_schema_is_caught_by_the_tensor_check(kf):
-    data = rewrite_metadata(kf.to_bytes(), edit("inr", hidden=[12, 9]))
+    data = rewrite_metadata(version2(kf), edit("inr", hidden=[12, 9]))
     with pytest.raises(FormatError, match="the config needs"):
+        kanfile.from_bytes(data)
+    data = rewrite_metadata(kf.to_bytes(), edit("inr", hidden=[12, 9]))  # version 3: the coded weights do not fit
+    with pytest.raises(FormatError, match="damaged or crafted"):
         kanfile.from_bytes(data)
 
 
@@ -118,8 +122,11 @@ def long_file(minutes: float, chunk: int = 2048, overlap: int = 128, sr: int = 8
                          steps=2, device="cpu", compile=False)
     frames = int(minutes * 60 * sr)
     w = n_windows(frames, chunk, overlap)
-    reps = -(-w // kf.audio.windows)
-    tensors = {k: np.concatenate([v] * reps)[:w] for k, v in kf.tensors.items()}
+    idx = np.arange(w) % kf.audio.windows  # network i of the long file is network idx[i] of the fit
+    tensors = {k: v[idx] for k, v in kf.tensors.items() if k != "ans"}
+    ends = np.cumsum(kf.tensors["size"].astype(np.int64))
+    streams = [kf.tensors["ans"][e - n:e] for e, n in zip(ends, kf.tensors["size"])]
+    tensors["ans"] = np.concatenate([streams[i] for i in idx])
     audio = AudioInfo(sample_rate=sr, fit_sr=sr, channels=1, frames=frames, fit_frames=frames, chunk=chunk,
                       overlap=overlap, windows=w)
     return kanfile.from_bytes(KanFile(kf.config, audio, kf.bits, tensors, {}).to_bytes())
@@ -182,8 +189,10 @@ def test_silence_costs_no_network_evaluations(monkeypatch):
     x = np.zeros((1, 10 * 60 * sr), np.float32)
     x[0, 1000:3000] = 0.5 * np.sin(np.arange(2000) / 5.0)
     calls = []
-    real = inrcodec._forward
-    monkeypatch.setattr(inrcodec, "_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from kancodec import inrdecode
+
+    real = inrdecode._forward
+    monkeypatch.setattr(inrdecode, "_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     kf = kancodec.encode(x, sr=sr, **{**TINY_ENCODE, "steps": 2})
     assert kf.audio.windows > 2000 and int((kf.gains > 0).sum()) <= 2
     assert len(calls) == 1  # one batch of windows holds the tone
@@ -226,12 +235,16 @@ def test_decode_work_counts_the_first_layers_basis_and_the_output_rate(tmp_path)
 
 
 def test_stored_values_must_be_finite_and_sane(kf):
-    for name, value in (("gain", np.nan), ("gain", np.inf), ("gain", -0.5), ("step.l0.base", 3e38),
-                        ("lo.l1.spline", -np.inf)):
+    for name, value in (("gain", np.nan), ("gain", np.inf), ("gain", -0.5), ("step", 3e38), ("step", np.nan)):
         bad = KanFile(kf.config, kf.audio, kf.bits, {**kf.tensors, name: np.full_like(kf.tensors[name], value)},
                       kf.encode)
         with pytest.raises(FormatError, match=f"tensor {name} holds NaN, infinite, huge"):
             kanfile.from_bytes(bad.to_bytes())
+    old = kanfile.from_bytes(version2(kf))  # version 2: the affine steps and offsets
+    for name, value in (("step.l0.base", 3e38), ("lo.l1.spline", -np.inf)):
+        t = {**old.tensors, name: np.full_like(old.tensors[name], value)}
+        with pytest.raises(FormatError, match=f"tensor {name} holds NaN, infinite, huge"):
+            kanfile.from_bytes(container.write(old.TAG, 2, {**old.fields(), "encode": old.encode}, t))
 
 
 def test_encode_refuses_settings_it_could_not_read_back(speech_wav, tmp_path):

@@ -1,4 +1,4 @@
-"""``kancodec bench``: speed, quality (the paper's table), FewSound, autoencoders, toy."""
+"""``kancodec bench``: speed, quality (the paper's table), rate–distortion, FewSound, autoencoders, toy."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..errors import KanError
 from ..inr import ARCHS, make_config
 from ..quality import SWEEPABLE
 from ..runtime import Event, resolve_device
-from .common import (DEVICE, FORCE, HYPER_DEFAULT, QUIET, bench_app, errors, number_list, wide_console,
+from .common import (DEVICE, FORCE, HYPER_DEFAULT, QUIET, bench_app, errors, message, number_list, wide_console,
                      write_json)
 
 #: bench ae's Opus targets (libsndfile's lowest Opus setting gives ~8.7 kbps files of 3 s)
@@ -136,6 +136,79 @@ def bench_quality(
         if not quiet:
             wide_console().print(table)
         console.print(f"wrote {out}/summary.md, summary.csv, summary.json and results.jsonl")
+
+
+@bench_app.command("rd")
+def bench_rd(
+    data: Path = typer.Argument(..., help="Folder of audio files (searched recursively for WAV, FLAC, OGG)."),
+    kbps: str = typer.Option("24,48,96", "--kbps", help="INR codec bitrates (kbps) to encode at, comma-separated; "
+                             "'' for none."),
+    opus: str = typer.Option("12,24,48", "--opus", help="Opus bitrates (kbps), comma-separated; '' for none."),
+    mp3: str = typer.Option("32,64", "--mp3", help="MP3 bitrates (kbps), comma-separated; '' for none."),
+    mulaw: bool = typer.Option(True, "--mulaw/--no-mulaw", help="Also measure 8-bit mu-law."),
+    flac: bool = typer.Option(True, "--flac/--no-flac", help="Also measure FLAC's lossless size."),
+    steps: int = typer.Option(2000, "--steps", help="Fitting steps per INR clip (on a CPU try 200-500: time grows "
+                              "linearly)."),
+    clips: Optional[int] = typer.Option(None, "--clips", help="Use at most this many files (sorted by path)."),
+    sr: int = typer.Option(22050, "--sr", help="Rate every clip is resampled to."),
+    length: int = typer.Option(32768, "--length", help="Samples per clip (32768 = 1.5 s at 22.05 kHz)."),
+    out: Path = typer.Option(Path("bench-rd"), "--out", "-o", help="Folder for results.jsonl (resumable), rd.json, "
+                             "rd.md and rd.png."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore results already in --out and start over."),
+    device: str = DEVICE, quiet: bool = QUIET,
+) -> None:
+    """Rate-distortion: PESQ, STOI, SI-SNR, LSD against real kbps for the INR codec, Opus, MP3, mu-law, FLAC.
+
+    kbps is measured on every encoded file (headers included); Opus and MP3 use the
+    setting whose file lands nearest each bitrate asked for. An interrupted run resumes
+    from OUT/results.jsonl when started again with the same settings.
+    """
+    console = Console(stderr=True, quiet=quiet)
+    with errors():
+        from ..quality import load_clips
+        from ..rdbench import COLUMNS, RdPlan, check_resume, make_points, run_rd, table_cells, title
+
+        if steps < 1 or (clips is not None and clips < 1) or length < 256 or not 1000 <= sr <= 192000:
+            raise KanError("--steps and --clips must be >= 1, --length >= 256 and --sr 1000-192000 Hz")
+        rates = {name: number_list(text, name, example, float) if text.strip() else []
+                 for name, text, example in (("--kbps", kbps, "24,48,96"), ("--opus", opus, "12,24,48"),
+                                             ("--mp3", mp3, "32,64"))}
+        points = make_points(rates["--kbps"], rates["--opus"], rates["--mp3"], mulaw, flac)
+        if not points:
+            raise KanError("nothing to measure: give --kbps, --opus or --mp3 bitrates, or --mulaw or --flac")
+        resolve_device(device)
+        loaded, skipped = load_clips(data, sr, length, clips)
+        plan = RdPlan(points, steps, sr, length, skipped)
+        check_resume(out, plan, fresh)
+        console.print(f"{len(loaded)} clips of {length / sr:.2f} s from {data}" +
+                      (f" ({len(skipped)} skipped: shorter than {length} samples or silent)" if skipped else "") +
+                      f"; {len(points)} points, INR {steps} steps; results in {out}/")
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fit]}"),
+                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet)
+        task = bar.add_task("clips x points", total=len(loaded) * len(points), fit="")
+
+        def on_fit(ev: Event) -> None:
+            if ev.stage == "fit" and "snr" in ev.info:
+                bar.update(task, fit=f"step {ev.done}/{ev.total} SNR {ev.info['snr']:.1f} dB")
+
+        with bar:
+            result, written = run_rd(out, plan, loaded, device, fresh,
+                            lambda name, already: bar.update(task, advance=already, description=name), on_fit,
+                            lambda name, n: bar.update(task, advance=n, fit=""))
+        table = Table(title=title(result))
+        for key, label in COLUMNS:
+            table.add_column(label, justify="left" if key == "name" else "right")
+        for p in result["points"]:
+            table.add_row(*(escape(cell) for cell in table_cells(p)))
+        if not quiet:
+            wide_console().print(table)
+        for p in result["points"]:
+            if "error" in p:
+                console.print(f"{escape(p['name'])}: could not run: {escape(message(p['error']))}",
+                              highlight=False)
+        plotted = any(w.name == "rd.png" for w in written)
+        console.print(f"wrote {out}/{', '.join(w.name for w in written)} and results.jsonl" +
+                      ("" if plotted else " (no rd.png: pip install 'kancodec[plot]' for the plot)"))
 
 
 @bench_app.command("ae")

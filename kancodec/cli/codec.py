@@ -74,8 +74,12 @@ def encode(
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (overrides the preset). More steps: better quality, linear time."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (overrides the preset's; by default "
                                        + ", ".join(f"{a} {c.lr:g}" for a, c in INR_CONFIGS.items()) + ")."),
-    bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight: 16, 12, 10, 8, 6, 4 (also 2-7, 32 = float). "
-                             "Fewer bits: smaller file, more quantisation noise."),
+    bits: Optional[float] = typer.Option(None, "--bits", "-b", help="Quantisation depth of the weights, 1-16 "
+                                         "(default 8; fractions allowed; 32 = float). Each bit less halves the step: "
+                                         "smaller file, more noise. The fit's last steps train for it. With --ae: "
+                                         "bits per stored latent (kae/kvae)."),
+    kbps: Optional[float] = typer.Option(None, "--kbps", "-k", help="Target bitrate: the depth is chosen so the file "
+                                         "lands within 10% of it (the summary says what it chose). Instead of --bits."),
     fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate (default: the input's). Lower = fewer windows "
                                          "and bits, less bandwidth."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Window length in samples at the fitting rate "
@@ -124,7 +128,8 @@ def encode(
                              grid=grid, order=order) if shaped else None
         rep = FitReporter(console, quiet)
         try:
-            kf = api.encode(input, preset_name=None if preset == "auto" else preset, steps=steps, lr=lr, bits=bits,
+            kf = api.encode(input, preset_name=None if preset == "auto" else preset, steps=steps, lr=lr,
+                            bits=int(bits) if ae and bits is not None and bits.is_integer() else bits, kbps=kbps,
                             config=config, fit_sr=fit_sr, chunk=chunk, overlap=overlap, seed=seed, device=device,
                             compile=None if use_compile == "auto" else use_compile, hyper=hyper, refine=refine,
                             ae=ae, codebooks=codebooks, progress=rep)
@@ -199,7 +204,8 @@ def mix(
 @app.command()
 def demo(
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (default: the fast preset's 200)."),
-    bits: int = typer.Option(8, "--bits", "-b", help="Bits per stored weight."),
+    bits: Optional[float] = typer.Option(None, "--bits", "-b", help="Quantisation depth of the weights (default 8)."),
+    kbps: Optional[float] = typer.Option(None, "--kbps", "-k", help="Target bitrate instead of --bits."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also keep the decoded WAV here."),
     device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
@@ -214,7 +220,8 @@ def demo(
             console.print(f"demo clip: {path.name} (French speech from Debian's tuxpaint-stamps-default, GPL-2)")
             rep = FitReporter(console, quiet)
             try:
-                kf = api.encode(path, preset_name="fast", steps=steps, bits=bits, device=device, progress=rep)
+                kf = api.encode(path, preset_name="fast", steps=steps, bits=bits, kbps=kbps, device=device,
+                                progress=rep)
             finally:
                 rep.close()
             kan_path = Path(tmp) / "demo.kan"

@@ -53,9 +53,11 @@ def eval_(
 ) -> None:
     """Score OUTPUT against REFERENCE: MSE, PSNR, SNR, SI-SNR, LSD, PESQ, STOI, spectral Wasserstein.
 
-    Definitions (kancodec/metrics.py): PSNR uses the reference's peak. SI-SNR removes means
-    and any gain. LSD = mean over frames of sqrt(mean over bins of log10(|R|^2/|O|^2)^2),
-    Hann STFT, n_fft 2048*sr/44100, hop sr/100 (lower is better). PESQ is wide band at
+    Definitions (kancodec/metrics.py; PSNR and LSD as the paper's code): PSNR = 10
+    log10(range^2/MSE), range = the reference's max - min counted from 0. SI-SNR removes
+    means and any gain. LSD = mean over frames of sqrt(mean over bins of
+    log10(|R|^2/(|O|+1e-12)^2 + 1e-12)^2), Hann STFT with zero-padded centred frames, n_fft
+    int(2048/(44100/sr)), hop int(sr/100), float32 (lower is better). PESQ is wide band at
     16 kHz (narrow band for 8 kHz references; 1-4.6). STOI 0-1. Spectral Wasserstein: the
     |FFT|s as distributions over squared bin indices, 1-Wasserstein distance / clip length
     (lower is better). OUTPUT at another rate is resampled to the reference's; different
