@@ -27,8 +27,8 @@ from .audio import SILENCE, n_windows, resample
 from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
 from .errors import FormatError, OptionError
 from .fit import FitProgress, fit, preset, preset_name as resolve_preset
-from .inrfile import TAG, AudioInfo, KanFile, from_container, store
-from .rate import Budget, check_kbps, choose_config, flatten, land
+from .inrfile import TAG, AudioInfo, KanFile, flatten, from_container, store
+from .rate import Budget, check_kbps, choose_config, land
 from .inrdecode import eval_windows as _eval_windows
 from .schema import MAX_CHUNK
 from .runtime import Event, Progress, batch_size, fit_memory, tune_allocator, want_compile
@@ -224,12 +224,12 @@ class InrCodec:
                               "lower {lr} or leave it to the preset; nothing was written", "lr")
         compact = inr.compact(config, fitted)
         active = w.gains > 0
+        flat = flatten(config, compact) if bits != 32 or budget is not None else None
         if budget is not None:
-            flat = flatten(config, compact)
             depths = land(flat, active, depths, budget,
                           lambda d: 32 * entropy.encode_networks(flat, d, active)["ans"].size)
             bits = round(float(depths[active].mean()), 2) if active.any() else 8
-        tensors, scheme = store(config, compact, depths if budget is not None else bits, active)
+        tensors, scheme = store(config, compact, depths if budget is not None else bits, active, flat)
         tensors["gain"] = w.gains
         audio = AudioInfo(sample_rate=int(sr), fit_sr=fit_sr, channels=x.shape[0], frames=x.shape[1],
                           fit_frames=w.xf.shape[1], chunk=chunk, overlap=overlap, windows=w.per_channel)
@@ -282,7 +282,8 @@ class InrCodec:
                 params, chosen = start, None
             if chosen is None and callable(depth):  # no quantisation-aware steps: choose for the start
                 chosen = depth({k: v.detach() for k, v in inr.compact(config, params).items()})
-            depths[idx] = depths[idx] if chosen is None else chosen
+            if chosen is not None:
+                depths[idx] = chosen
             for k, v in params.items():
                 fitted[k][torch.from_numpy(idx)] = v.cpu()
         return fitted, depths, use_compile

@@ -106,8 +106,7 @@ class KanFile(Encoded):
             return 0.0
         if self.scheme == AFFINE:
             return float(self.bits)
-        n = sum(int(np.prod(inr.stored_shapes(self.config)[k])) for k in coded_names(self.config))
-        return 32.0 * self.tensors["ans"].size / (active * max(1, n))
+        return 32.0 * self.tensors["ans"].size / (active * max(1, coded_weights(self.config)))
 
     def fields(self) -> dict:
         return {"inr": self.config.to_dict(), "audio": asdict(self.audio),
@@ -119,15 +118,27 @@ def coded_names(config: inr.INR) -> list[str]:
     return [n for n in inr.stored_shapes(config) if n not in config.keep_float]
 
 
-def store(config: inr.INR, compact: dict[str, torch.Tensor], bits: float, active: np.ndarray) -> tuple[dict, str]:
-    """Quantise and code compact parameters ``name -> (B, …)`` -> ``(tensors, scheme)``
-    (without ``gain``): entropy-coded below 32 bits, float32 at 32."""
+def coded_weights(config: inr.INR) -> int:
+    """Weights per network the entropy coder codes."""
+    shapes = inr.stored_shapes(config)
+    return sum(int(np.prod(shapes[n])) for n in coded_names(config))
+
+
+def flatten(config: inr.INR, compact: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """The coded tensors of compact parameters as ``(B, n)`` float64 arrays, in coding order."""
+    return [compact[n].detach().cpu().reshape(compact[n].shape[0], -1).double().numpy() for n in coded_names(config)]
+
+
+def store(config: inr.INR, compact: dict[str, torch.Tensor], bits, active: np.ndarray,
+          flat: list[np.ndarray] | None = None) -> tuple[dict, str]:
+    """Quantise and code compact parameters ``name -> (B, …)`` at ``bits`` (one depth or one
+    per network) -> ``(tensors, scheme)`` (without ``gain``): entropy-coded below 32 bits,
+    float32 at 32. ``flat``: :func:`flatten` of them, when the caller has it already."""
     if np.ndim(bits) == 0 and bits == 32:
         return quantise(compact, 32, config.keep_float), AFFINE
-    flat = {n: compact[n].detach().cpu().reshape(compact[n].shape[0], -1).numpy() for n in compact}
-    tensors = entropy.encode_networks([flat[n] for n in coded_names(config)], bits, active)
+    tensors = entropy.encode_networks(flatten(config, compact) if flat is None else flat, bits, active)
     for n in config.keep_float:
-        tensors[f"q.{n}"] = flat[n].astype(np.float32)
+        tensors[f"q.{n}"] = compact[n].detach().cpu().reshape(compact[n].shape[0], -1).numpy().astype(np.float32)
     return tensors, entropy.SCHEME
 
 

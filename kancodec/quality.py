@@ -235,9 +235,24 @@ def _resume(path: Path, settings: dict, fresh: bool) -> dict[tuple[str, str], di
     return done
 
 
-def check_resume(out: Path, plan: Plan, fresh: bool) -> int:
-    """How many finished rows ``out`` holds for ``plan``; OutputError if they were made with other settings."""
+def check_resume(out: Path, plan, fresh: bool) -> int:
+    """How many finished rows ``out`` holds for ``plan`` (anything with ``settings()``: a
+    :class:`Plan`, ``bench rd``'s plan); OutputError if they were made with other settings."""
     return len(_resume(out / "results.jsonl", plan.settings(), fresh))
+
+
+def open_results(out: Path, settings: dict, fresh: bool) -> tuple[Path, dict[tuple[str, str], dict]]:
+    """Create ``out`` and its ``results.jsonl`` (its first line the settings) unless it is
+    being resumed -> ``(the file, the rows already done)``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"--out {out}: cannot create it ({e.strerror}); choose another folder") from None
+    results = out / "results.jsonl"
+    done = _resume(results, settings, fresh)
+    if fresh or not results.exists():
+        results.write_text(json.dumps({"settings": settings}, sort_keys=True) + "\n")
+    return results, done
 
 
 def summarise(rows: list[dict], variants: list[Variant]) -> list[dict]:
@@ -303,14 +318,7 @@ def run_quality(data: Path, out: Path, plan: Plan, clips: list[Clip], device: st
     from .runtime import batch_size, resolve_device
 
     group = batch_size(resolve_device(device), plan.length)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"--out {out}: cannot create it ({e.strerror}); choose another folder") from None
-    results = out / "results.jsonl"
-    done = _resume(results, plan.settings(), fresh)
-    if fresh or not results.exists():
-        results.write_text(json.dumps({"settings": plan.settings()}, sort_keys=True) + "\n")
+    results, done = open_results(out, plan.settings(), fresh)
     rows = list(done.values())
     for v in plan.variants:
         todo = [c for c in clips if (v.name, c.name) not in done]

@@ -20,8 +20,11 @@ import torch
 
 from . import entropy, inr
 from .errors import OptionError
+from .inrfile import coded_names, coded_weights, flatten
 
-#: bytes of a compact header of a default INR file besides the tensors (measured: 127-139)
+#: bytes a compact file takes besides its per-network tensors: 44 measured on a default
+#: INR file (header and checksum); 140 leaves room for longer records (a hypernetwork's, an
+#: odd config) so the budget errs on the small side
 HEADER_BYTES = 140
 #: the lowest and highest targets accepted, kbps
 MIN_KBPS, MAX_KBPS = 1.0, 10_000.0
@@ -35,8 +38,7 @@ def network_bytes(config: inr.INR) -> int:
     """The fixed cost of one network: gain and stream length (4 + 4 bytes), and per coded
     tensor its step (4) and the coder's m, K, j (2 each); float-kept tensors in full."""
     shapes = inr.stored_shapes(config)
-    coded = [n for n in shapes if n not in config.keep_float]
-    return 8 + 10 * len(coded) + sum(4 * math.prod(shapes[n]) for n in config.keep_float)
+    return 8 + 10 * len(coded_names(config)) + sum(4 * math.prod(shapes[n]) for n in config.keep_float)
 
 
 def check_kbps(kbps: float) -> float:
@@ -73,11 +75,6 @@ class Budget:
         return choose
 
 
-def weights_per_network(config: inr.INR) -> int:
-    shapes = inr.stored_shapes(config)
-    return sum(math.prod(shapes[n]) for n in shapes if n not in config.keep_float)
-
-
 def choose_config(kbps: float, seconds: float, networks: int, active: int) -> inr.INR:
     """The widest KAN of :data:`LADDER` whose weights get at least :data:`MIN_BITS_PER_WEIGHT`
     at ``kbps`` (else the narrowest). Measured with 300 steps on 1.5 s of speech from a Czech
@@ -99,15 +96,9 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int) -> in
     for hidden in LADDER:
         config = inr.make_config("kan", hidden=hidden)
         fixed = 8 * (HEADER_BYTES + networks * network_bytes(config))
-        if kbps * 1000 * seconds - fixed >= MIN_BITS_PER_WEIGHT * max(1, active) * weights_per_network(config):
+        if kbps * 1000 * seconds - fixed >= MIN_BITS_PER_WEIGHT * max(1, active) * coded_weights(config):
             return config
     return config
-
-
-def flatten(config: inr.INR, compact: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """The coded tensors of compact parameters as ``(B, n)`` float arrays, in coding order."""
-    return [compact[n].detach().cpu().reshape(compact[n].shape[0], -1).double().numpy()
-            for n in inr.stored_shapes(config) if n not in config.keep_float]
 
 
 def depth_for(params: list[np.ndarray], active: np.ndarray, bits_budget: float, offset=0.0) -> float:

@@ -41,11 +41,10 @@ import soundfile as sf
 from . import metrics
 from .api import decode, encode
 from .audio import atomic_path, resample
-from .errors import KanError, OptionError, OutputError
-from .quality import Clip, Variant, _cell, _mulaw, _opus, _resume, _row_json, summarise
+from .errors import KanError, OptionError
+from .quality import Clip, Variant, _cell, _mulaw, _opus, _row_json, open_results, summarise
 
 RD_METRICS = ("pesq", "stoi", "si_snr", "lsd")
-RESULTS = "results.jsonl"
 #: rates an MP3 stream can have (MPEG-1, -2 and 2.5 Layer III)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 MP3_TOP = 0.999  # libsndfile refuses compression_level 1.0 for MP3
@@ -93,11 +92,6 @@ def make_points(kbps: list[float], opus: list[float], mp3: list[float], mulaw: b
     if flac:
         out.append(Variant("flac", codec="flac"))
     return out
-
-
-def check_resume(out: Path, plan: RdPlan, fresh: bool) -> int:
-    """Finished rows ``out`` holds for ``plan``; OutputError if made with other settings."""
-    return len(_resume(out / RESULTS, plan.settings(), fresh))
 
 
 def _kbps(size: int, seconds: float) -> float:
@@ -189,14 +183,7 @@ def run_rd(out: Path, plan: RdPlan, clips: list[Clip], device: str | None = None
     An INR point whose bitrate the codec refuses (OptionError: too low for the network)
     is reported with its error and not saved, so a later run tries it again.
     """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"--out {out}: cannot create it ({e.strerror}); choose another folder") from None
-    results = out / RESULTS
-    done = _resume(results, plan.settings(), fresh)
-    if fresh or not results.exists():
-        results.write_text(json.dumps({"settings": plan.settings()}, sort_keys=True) + "\n")
+    results, done = open_results(out, plan.settings(), fresh)
     rows = [r for r in done.values() if any(p.name == r["variant"] for p in plan.points)]
     failed: dict[str, str] = {}
     for p in plan.points:

@@ -25,6 +25,18 @@ from .common import (DEVICE, FORCE, HYPER_DEFAULT, QUIET, bench_app, errors, mes
 OPUS_KBPS = "8,10,12"
 
 
+def clip_progress(console: Console, quiet: bool, data: Path, clips: list, skipped: list, length: int, sr: int,
+                  out: Path, what: str, label: str, per_clip: int) -> tuple[Progress, int]:
+    """Say which clips a folder bench runs on, and make its progress bar (``per_clip`` steps
+    per clip, a ``fit`` field for the current fit) -> ``(bar, task)``."""
+    console.print(f"{len(clips)} clips of {length / sr:.2f} s from {data}" +
+                  (f" ({len(skipped)} skipped: shorter than {length} samples or silent)" if skipped else "") +
+                  f"; {what}; results in {out}/")
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fit]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet)
+    return bar, bar.add_task(label, total=len(clips) * per_clip, fit="")
+
+
 @bench_app.command("speed")
 def bench_speed(
     steps: int = typer.Option(20, "--steps", help="Timed fit steps (after warm-up)."),
@@ -110,17 +122,13 @@ def bench_quality(
         clips, skipped = load_clips(data, sr, length, limit)
         plan = Plan(variants, steps, bits, sr, length, seed, skipped)
         check_resume(out, plan, fresh)
-        console.print(f"{len(clips)} clips of {length / sr:.2f} s from {data}" +
-                      (f" ({len(skipped)} skipped: shorter than {length} samples or silent)" if skipped else "") +
-                      f"; {len(variants)} variants, {steps} steps; results in {out}/")
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fit]}"),
-                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet)
-        task = bar.add_task("clips x variants", total=len(clips) * len(variants), fit="")
+        bar, task = clip_progress(console, quiet, data, clips, skipped, length, sr, out,
+                                  f"{len(variants)} variants, {steps} steps", "clips x variants", len(variants))
 
         def on_start(name: str, already: int) -> None:
             bar.update(task, advance=already, description=name)
 
-        def on_fit(ev: api.Event) -> None:
+        def on_fit(ev: Event) -> None:
             if ev.stage == "fit":
                 bar.update(task, fit=f"step {ev.done}/{ev.total} SNR {ev.info['snr']:.1f} dB")
 
@@ -165,8 +173,8 @@ def bench_rd(
     """
     console = Console(stderr=True, quiet=quiet)
     with errors():
-        from ..quality import load_clips
-        from ..rdbench import COLUMNS, RdPlan, check_resume, make_points, run_rd, table_cells, title
+        from ..quality import check_resume, load_clips
+        from ..rdbench import COLUMNS, RdPlan, make_points, run_rd, table_cells, title
 
         if steps < 1 or (clips is not None and clips < 1) or length < 256 or not 1000 <= sr <= 192000:
             raise KanError("--steps and --clips must be >= 1, --length >= 256 and --sr 1000-192000 Hz")
@@ -180,12 +188,8 @@ def bench_rd(
         loaded, skipped = load_clips(data, sr, length, clips)
         plan = RdPlan(points, steps, sr, length, skipped)
         check_resume(out, plan, fresh)
-        console.print(f"{len(loaded)} clips of {length / sr:.2f} s from {data}" +
-                      (f" ({len(skipped)} skipped: shorter than {length} samples or silent)" if skipped else "") +
-                      f"; {len(points)} points, INR {steps} steps; results in {out}/")
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fit]}"),
-                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=quiet)
-        task = bar.add_task("clips x points", total=len(loaded) * len(points), fit="")
+        bar, task = clip_progress(console, quiet, data, loaded, skipped, length, sr, out,
+                                  f"{len(points)} points, INR {steps} steps", "clips x points", len(points))
 
         def on_fit(ev: Event) -> None:
             if ev.stage == "fit" and "snr" in ev.info:
