@@ -48,10 +48,13 @@ def step_sizes(x: np.ndarray, bits) -> np.ndarray:
     return step
 
 
-def fake_quantise(x: torch.Tensor, bits: float) -> torch.Tensor:
-    """Quantisation as stored, with a straight-through gradient: ``(B, …)`` -> same shape.
-    Used at the end of a fit so the weights settle where the quantiser puts them."""
+def fake_quantise(x: torch.Tensor, bits) -> torch.Tensor:
+    """Quantisation as stored, with a straight-through gradient: ``(B, …)`` -> same shape;
+    ``bits`` a number or one per network ``(B,)``. Used at the end of a fit so the weights
+    settle where the quantiser puts them."""
     flat = x.reshape(x.shape[0], -1)
+    if not isinstance(bits, (int, float)):
+        bits = torch.as_tensor(np.asarray(bits, np.float64), dtype=flat.dtype, device=flat.device).reshape(-1, 1)
     with torch.no_grad():
         peak = flat.abs().amax(-1, keepdim=True)
         step = torch.maximum(flat.std(-1, keepdim=True, correction=0) * 2.0 ** (3.0 - bits), peak / (MAX_SPAN // 2 - 1))

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 import torch
 
-from . import entropy, inr
+from . import entropy, inr, threads
 from .errors import OptionError
 from .loss import SpectralLoss, fit_loss, snr
 from .runtime import tune_allocator
@@ -110,7 +111,7 @@ class FitResult:
     snr_db: torch.Tensor  # (B,) final SNR of each window in dB
     seconds: float
     steps: int
-    bits: float | None = None  # the depth trained for (None: no quantisation-aware steps)
+    bits: float | np.ndarray | None = None  # the depth(s) trained for (None: no quantisation-aware steps)
 
 
 def time_grid(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -121,7 +122,7 @@ def time_grid(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
 def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
         init: dict[str, torch.Tensor] | None = None, compile: bool = False,
         progress: Callable[[FitProgress], None] | None = None, progress_every: int = 10,
-        bits: float | Callable[[dict[str, torch.Tensor]], float] | None = None) -> FitResult:
+        bits: float | np.ndarray | Callable[[dict[str, torch.Tensor]], float | np.ndarray] | None = None) -> FitResult:
     """Fit ``B`` networks to ``B`` windows.
 
     Args:
@@ -133,9 +134,10 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
         compile: run the forward pass through ``torch.compile`` (about 25 s to compile on
             CPU; 3x faster steps afterwards).
         progress: called every ``progress_every`` steps and after the last.
-        bits: the depth the weights will be stored at (:mod:`kancodec.entropy`), or a function
-            of the compact parameters that chooses it when the quantisation-aware steps
-            begin (rate control); None or 32: no quantisation-aware steps.
+        bits: the depth the weights will be stored at (:mod:`kancodec.entropy`), one per
+            window ``(B,)`` or one for all, or a function of the compact parameters that
+            chooses it when the quantisation-aware steps begin (rate control); None or 32: no
+            quantisation-aware steps.
     Returns:
         the fitted parameters (detached, on the target's device) and final statistics.
     """
@@ -151,9 +153,12 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
     fwd = inr.forward_fn(compile)
     start = time.perf_counter()
     loss_value, step = float("nan"), 0
-    qat_from = settings.steps - round(settings.qat * settings.steps) if bits not in (None, 32) else settings.steps
+    quantise = bits is not None and (callable(bits) or not np.all(np.asarray(bits) == 32))
+    qat_from = settings.steps - round(settings.qat * settings.steps) if quantise else settings.steps
     depth = None if callable(bits) else bits
     for step in range(settings.steps):
+        if device.type == "cpu":
+            threads.update()
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
         if step == qat_from and callable(bits):
@@ -186,8 +191,9 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
                      depth if qat_from < settings.steps else None)
 
 
-def quantised(config: inr.INR, params: dict[str, torch.Tensor], bits: float) -> dict[str, torch.Tensor]:
-    """The parameters as they will be stored at ``bits`` (straight-through gradients)."""
+def quantised(config: inr.INR, params: dict[str, torch.Tensor], bits) -> dict[str, torch.Tensor]:
+    """The parameters as they will be stored at ``bits`` (one depth, or one per network ``(B,)``;
+    straight-through gradients)."""
     compact = inr.compact(config, params)
     return inr.expand(config, {k: v if k in config.keep_float else entropy.fake_quantise(v, bits)
                                for k, v in compact.items()})

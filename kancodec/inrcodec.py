@@ -1,11 +1,12 @@
 """The INR codec: audio -> windows -> fitted (or predicted) networks -> quantised ``.kan`` file.
 
-Encoding, in order: the audio is resampled to the fitting rate and cut into overlapping
-windows (:func:`cut`); silent windows are stored as a gain of 0;
-the others are peak-normalised and fitted in batches (:mod:`kancodec.fit`), each batch
-starting from an :class:`Initialiser` (random, or a FewSound prediction); the weights are
-quantised (:mod:`kancodec.quant`) into a :class:`~kancodec.inrfile.KanFile`, which is
-decoded once to store the quality reached. Decoding evaluates every window on the output
+Encoding, in order: :meth:`InrCodec.plan` checks the options, resamples the audio to the
+fitting rate and cuts it into overlapping windows (:func:`~kancodec.fitqueue.cut`); silent
+windows are stored as a gain of 0. A :class:`~kancodec.fitqueue.FitQueue` fits the others,
+peak-normalised, in batches (with other files' windows when several are encoded together),
+each from random networks or a FewSound prediction; :meth:`InrCodec.finish` quantises and
+entropy-codes the weights (:mod:`kancodec.entropy`) into a :class:`~kancodec.inrfile.KanFile`,
+which is decoded once to store the quality reached. Decoding evaluates every window on the output
 time grid and cross-fades them (:func:`decode`).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -23,15 +24,16 @@ import soxr
 import torch
 
 from . import __version__, entropy, inr, schema
-from .audio import SILENCE, n_windows, resample
+from .audio import n_windows, resample
 from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
 from .errors import FormatError, OptionError
-from .fit import FitProgress, fit, preset, preset_name as resolve_preset
+from .fit import preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, flatten, from_container, store
+from .fitqueue import FitQueue, HyperInit, Job, RandomInit, cut
 from .rate import Budget, check_kbps, choose_config, land
 from .inrdecode import eval_windows as _eval_windows
 from .schema import MAX_CHUNK
-from .runtime import Event, Progress, batch_size, fit_memory, tune_allocator, want_compile
+from .runtime import Event, Progress, tune_allocator
 
 #: peak learning rate of ``refine`` (fitting from a hypernetwork's prediction): on 4 held-out
 #: windows, 300 steps from the bundled model reached SI-SNR 28.59 dB at 5e-2, 25.05 dB at 1e-2
@@ -44,16 +46,6 @@ STREAM_FROM = 1 << 22
 
 #: the most fitting steps an encode takes (about a day per window on a CPU)
 MAX_STEPS = 1_000_000
-
-
-def memory_scale(config: inr.INR) -> float:
-    """Floats per sample of a fit's intermediates (the B-spline bases of KAN layers, every
-    layer's outputs) relative to the default KAN, whose peak :data:`~kancodec.runtime.STEP_BYTES`
-    holds: how batch sizes and memory estimates carry over to other networks."""
-    def floats(c: inr.INR) -> int:
-        return sum(math.prod(s[:-1]) if len(s) == 3 else 0 for s in c.shapes().values()) + \
-            sum(s[-1] for s in c.shapes().values())
-    return max(0.05, floats(config) / floats(inr.make_config("kan")))
 
 
 def check_readable(config: inr.INR, shape: tuple[int, int], sr: int, fit_sr: int, chunk: int, overlap: int) -> None:
@@ -95,82 +87,35 @@ def check_depth(bits: float) -> float:
     return int(bits) if float(bits).is_integer() else float(bits)
 
 
-class RandomInit:
-    """Each batch of windows starts from random networks, batch ``b`` seeded with ``seed + b``."""
-
-    def __init__(self, config: inr.INR, seed: int):
-        self.config, self.seed = config, seed
-
-    def __call__(self, target: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
-        return inr.init_params(self.config, target.shape[0], seed=self.seed + b)
-
-    def describe(self) -> dict | None:
-        return None
-
-
-class HyperInit:
-    """Each window starts from a FewSound hypernetwork's one-shot prediction."""
-
-    def __init__(self, name: str | Path, device: torch.device):
-        from . import hyper
-
-        self.model, self.ref = hyper.load(name, device)
-
-    def __call__(self, target: torch.Tensor, b: int) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return self.model(target)
-
-    def describe(self) -> dict:
-        c = self.model.config
-        return {"model": self.ref.path.name, "sha256": self.ref.sha256, "mode": c.mode, "encoder": c.encoder,
-                "train_steps": self.ref.train.get("steps_done")}
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The audio as the fit sees it: ``C × W`` windows of ``chunk`` samples at ``fit_sr`` (a
-    view of ``xf``, not a copy), their peaks ``gains`` ``(C × W,)`` (0 = silent) and the rows
-    ``active`` to fit; rows are channel-major."""
-
-    xf: np.ndarray  # (C, T') the audio at fit_sr
-    win: np.ndarray  # (C, W, chunk) read-only view of the zero-padded audio
-    gains: np.ndarray
-    active: np.ndarray
-    per_channel: int
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        """Windows ``idx`` (rows of the ``C × W`` axis) -> ``(len(idx), chunk)`` float32 copies."""
-        return self.win[idx // self.per_channel, idx % self.per_channel]
-
-
-def cut(x: np.ndarray, sr: int, fit_sr: int, chunk: int, overlap: int) -> Windows:
-    """Resample to the fitting rate and find each window's peak, one block of windows at a
-    time: memory is the audio and its padded copy, whatever the window count."""
-    xf = resample(x, sr, fit_sr)
-    c, t = xf.shape
-    n, hop = n_windows(t, chunk, overlap), chunk - overlap
-    padded = np.zeros((c, (n - 1) * hop + chunk), dtype=np.float32)
-    padded[:, :t] = xf
-    win = np.lib.stride_tricks.sliding_window_view(padded, chunk, axis=1)[:, ::hop]  # (C, W, chunk)
-    gains = np.concatenate([np.abs(win[ch, j:j + 256]).max(-1) for ch in range(c) for j in range(0, n, 256)])
-    gains = np.where(gains >= SILENCE, gains, 0.0).astype(np.float32)
-    return Windows(xf, win, gains, np.nonzero(gains)[0], n)
-
-
 class InrCodec:
     """Fitted (or predicted and refined) INRs; files tagged ``kancodec-inr``."""
 
     tag = TAG
     file_type = KanFile
 
-    def encode(self, x: np.ndarray, sr: int, *, preset_name: str = "auto", steps: int | None = None,
-               lr: float | None = None, bits: float | None = None, kbps: float | None = None,
-               config: inr.INR | None = None, fit_sr: int | None = None,
-               chunk: int | None = None, overlap: int | None = None, seed: int = 0,
-               device: torch.device, compile: bool | str = "auto", batch: int | None = None,
-               hyper: str | Path | None = None, refine: int | None = None,
-               progress: Progress | None = None) -> KanFile:
+    def encode(self, x: np.ndarray, sr: int, *, device: torch.device, compile: bool | str = "auto",
+               batch: int | None = None, progress: Progress | None = None, **options) -> KanFile:
         """``(C, T)`` audio at ``sr`` -> :class:`KanFile`; see :func:`kancodec.api.encode` for the options."""
+        job = self.plan(x, sr, device=device, **options)
+        queue = FitQueue(device, compile, batch, progress)
+        info = queue.describe(job)
+        queue.total = job.settings.steps * info["batches"]
+        if progress:
+            progress(Event("plan", 0, queue.total, info))
+        start = time.perf_counter()
+        queue.add(job)
+        queue.flush()
+        return self.finish(job, queue.plan(job)[0], time.perf_counter() - start)
+
+    def plan(self, x: np.ndarray, sr: int, *, preset_name: str = "auto", steps: int | None = None,
+             lr: float | None = None, bits: float | None = None, kbps: float | None = None,
+             config: inr.INR | None = None, fit_sr: int | None = None,
+             chunk: int | None = None, overlap: int | None = None, seed: int = 0,
+             device: torch.device, hyper: str | Path | None = None, refine: int | None = None,
+             name: str = "") -> Job:
+        """Check the options and cut the audio: the :class:`~kancodec.fitqueue.Job` a
+        :class:`~kancodec.fitqueue.FitQueue` fits and :meth:`finish` stores. Every option
+        error is raised here, before any fitting."""
         tune_allocator()
         if kbps is not None and bits is not None:
             raise OptionError("{kbps} chooses the depth itself: give {kbps} or {bits}, not both", "kbps", "bits")
@@ -216,9 +161,16 @@ class InrCodec:
             settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
             init = RandomInit(config, seed)
         budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config)
-        start = time.perf_counter()
-        fitted, depths, use_compile = self._fit(config, w, init, settings, fit_sr, device, compile, batch, progress,
-                                                bits if budget is None else budget)
+        return Job(x=x, sr=int(sr), w=w, config=config, settings=settings, init=init, fit_sr=fit_sr, chunk=chunk,
+                   overlap=overlap, bits=bits, budget=budget, kbps=kbps, preset_name=preset_name, device=device,
+                   name=name)
+
+    def finish(self, job: Job, use_compile: bool, seconds: float) -> KanFile:
+        """A fitted :class:`~kancodec.fitqueue.Job` -> its :class:`KanFile` (depths landed on
+        the target for ``--kbps``, the quality the file holds measured by decoding it)."""
+        x, sr, w, config, settings, init = job.x, job.sr, job.w, job.config, job.settings, job.init
+        fitted, depths, budget, bits, kbps, device = job.fitted, job.depths, job.budget, job.bits, job.kbps, job.device
+        fit_sr, chunk, overlap, preset_name = job.fit_sr, job.chunk, job.overlap, job.preset_name
         if not all(bool(torch.isfinite(v).all()) for v in fitted.values()):
             raise OptionError(f"the fit diverged (weights became infinite or NaN) at {{lr}} {settings.lr:g}; "
                               "lower {lr} or leave it to the preset; nothing was written", "lr")
@@ -236,57 +188,10 @@ class InrCodec:
         made = init.describe()
         kf = KanFile(config, audio, bits, tensors, {
             "kancodec": __version__, "preset": resolve_preset(preset_name, device), "settings": asdict(settings),
-            "device": str(device), "compile": use_compile, "seconds": round(time.perf_counter() - start, 1),
+            "device": str(device), "compile": use_compile, "seconds": round(seconds, 1),
             **({"hyper": made} if made else {}), **({"kbps_target": kbps} if kbps is not None else {})}, scheme)
         kf.encode.update(measure_blocks(self.stream(kf, fit_sr, device=device), w.xf))  # what the file holds
         return kf
-
-    @staticmethod
-    def _fit(config, w: Windows, init, settings, fit_sr, dev, compile, batch, progress,
-             bits: float | Budget) -> tuple[dict, np.ndarray, bool]:
-        """Fit every active window in batches, the last steps at the depth it will be stored at
-        (``bits``, or each batch's share of a :class:`~kancodec.rate.Budget`) -> ``({name:
-        (C × W, …)} on the CPU, depths (C × W,), compiled?)``."""
-        n_win, chunk = w.gains.shape[0], w.win.shape[-1]
-        use_compile = want_compile(compile, settings.steps * len(w.active))
-        scale = memory_scale(config)
-        bsz = batch or batch_size(dev, chunk, use_compile, scale)
-        n_batches = math.ceil(len(w.active) / bsz) if len(w.active) else 0
-        total = settings.steps * n_batches
-        if progress:
-            made = init.describe()
-            progress(Event("plan", 0, total, {"windows": int(n_win), "active": int(len(w.active)),
-                                              "batches": n_batches, "batch": bsz, "steps": settings.steps,
-                                              "device": str(dev), "compile": use_compile, "fit_sr": fit_sr,
-                                              "memory_gb": round((fit_memory(dev, chunk, min(bsz, max(1, len(w.active))),
-                                                                             use_compile, scale) + 3 * w.xf.nbytes) / 1e9, 2),
-                                              "hyper": made["model"] if made else None}))
-        fitted = {k: torch.zeros((n_win, *shape)) for k, shape in config.shapes().items()}  # silence: zeros
-        depths = np.full(n_win, 8.0 if isinstance(bits, Budget) else float(bits))
-        for b in range(n_batches):
-            idx = w.active[b * bsz:(b + 1) * bsz]
-            target = torch.from_numpy(w.rows(idx) / w.gains[idx, None]).to(dev)
-            start = init(target, b)
-            reporter = None
-            if progress:
-                def reporter(p: FitProgress, b=b) -> None:
-                    progress(Event("fit", b * settings.steps + p.step, total, {"loss": p.loss, "snr": p.snr_db}))
-                    if b == 0 and p.step == min(20, settings.steps) and total > p.step:
-                        progress(Event("estimate", info={"seconds": p.elapsed / p.step * (total - p.step)}))
-            depth = bits.chooser(config, len(idx)) if isinstance(bits, Budget) else bits
-            if settings.steps:
-                result = fit(config, target, settings, fit_sr, init=start, compile=use_compile, progress=reporter,
-                             bits=depth)
-                params, chosen = result.params, result.bits
-            else:
-                params, chosen = start, None
-            if chosen is None and callable(depth):  # no quantisation-aware steps: choose for the start
-                chosen = depth({k: v.detach() for k, v in inr.compact(config, params).items()})
-            if chosen is not None:
-                depths[idx] = chosen
-            for k, v in params.items():
-                fitted[k][torch.from_numpy(idx)] = v.cpu()
-        return fitted, depths, use_compile
 
     def decode(self, kf: KanFile, sr: int, *, device: torch.device, compile: bool | str = "auto",
                progress: Progress | None = None, **_) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import inr
+from . import inr, threads
 from .audio import crossfade_weights
 from .inrfile import KanFile
 from .runtime import Event, Progress, tune_allocator, want_compile
@@ -44,6 +44,8 @@ def eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compil
     per_batch = max(1, int(4 * 32768 / span / a.channels)) if dev.type == "cpu" else 64
     cache: dict = {}  # the shared features, when every window sees the same local grid
     for w0 in range(0, a.windows, per_batch):
+        if dev.type == "cpu":
+            threads.update()
         ws = np.arange(w0, min(a.windows, w0 + per_batch))
         m = first_m[ws, None] + np.arange(span)[None, :]  # (w, span) output sample indices
         tau = (m / out_sr - starts[ws, None]) * a.fit_sr  # position in fitted samples

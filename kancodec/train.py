@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__, inr, metrics
+from . import __version__, inr, metrics, threads
 from .audio import check_writable
 from .corpus import load_corpus, crop, val_crops
 from .errors import InputError, Interrupted, KanError, OptionError
@@ -314,6 +314,8 @@ def _train(task_type, config, data, output, settings: TrainSettings, device, res
     done, loss_value, updating = start, float("nan"), False
     try:
         for step in range(start, settings.steps):
+            if dev.type == "cpu":
+                threads.update()
             rng = np.random.default_rng([settings.seed, rank, step])
             # torch's randomness (kvae sampling, codebook restarts) is a function of the step too
             torch.manual_seed(int(np.random.default_rng([settings.seed, rank, step, 1]).integers(2**62)))

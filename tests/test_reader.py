@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 import kancodec
-from kancodec import container, inrcodec, kanfile
+from kancodec import container, fitqueue, inrcodec, kanfile
 from kancodec.audio import n_windows
 from kancodec.errors import FormatError, OptionError
 from kancodec.inr import KANConfig
@@ -208,13 +208,13 @@ def test_cpu_batches_stay_within_the_memory_budget():
 
     cpu = kancodec.api.resolve_device("cpu")
     for config in (make_config("kan"), make_config("kan", hidden=(96, 48, 24))):
-        scale = inrcodec.memory_scale(config)
+        scale = fitqueue.memory_scale(config)
         for compiled in (False, True):
             b = batch_size(cpu, 32768, compiled, scale)
             assert 1 <= b <= 8
             assert b == 1 or fit_memory(cpu, 32768, b, compiled, scale) <= cpu_budget()
-    assert inrcodec.memory_scale(make_config("kan")) == 1.0
-    assert inrcodec.memory_scale(make_config("kan", hidden=(96, 48, 24))) > 1.5
+    assert fitqueue.memory_scale(make_config("kan")) == 1.0
+    assert fitqueue.memory_scale(make_config("kan", hidden=(96, 48, 24))) > 1.5
 
 
 def test_decode_work_counts_the_first_layers_basis_and_the_output_rate(tmp_path):

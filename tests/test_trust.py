@@ -45,7 +45,7 @@ import soundfile as sf
 import torch
 
 import kancodec
-from kancodec import inrcodec, modelfile
+from kancodec import fitqueue, inrcodec, modelfile
 from kancodec.cli import run as cli_main
 from kancodec.cli.common import EXIT_CODES
 from kancodec.errors import FormatError, InputError, OptionError, OutputError
@@ -420,12 +420,12 @@ def test_decode_at_impossible_rates_is_refused(tmp_path, ae_kan, rate):
 
 
 def test_a_diverged_fit_is_not_written(tmp_path, speech_wav, monkeypatch):
-    real = inrcodec.fit
+    real = fitqueue.fit
 
     def diverging(*a, **k):
         result = real(*a, **k)
         return replace(result, params={n: torch.full_like(v, float("nan")) for n, v in result.params.items()})
-    monkeypatch.setattr(inrcodec, "fit", diverging)
+    monkeypatch.setattr(fitqueue, "fit", diverging)
     out = tmp_path / "out.kan"
     refused(cli("encode", speech_wav, "-o", out, "--quiet", *TINY_ARGS), OPTION, "diverged", "--lr")
     assert not out.exists() and leftovers(tmp_path) == []

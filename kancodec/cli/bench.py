@@ -18,7 +18,7 @@ from ..errors import KanError
 from ..inr import ARCHS, make_config
 from ..quality import SWEEPABLE
 from ..runtime import Event, resolve_device
-from .common import (DEVICE, FORCE, HYPER_DEFAULT, QUIET, bench_app, errors, message, number_list, wide_console,
+from .common import (DEVICE, THREADS, FORCE, HYPER_DEFAULT, QUIET, bench_app, errors, message, number_list, wide_console,
                      write_json)
 
 #: bench ae's Opus targets (libsndfile's lowest Opus setting gives ~8.7 kbps files of 3 s)
@@ -42,17 +42,32 @@ def bench_speed(
     steps: int = typer.Option(20, "--steps", help="Timed fit steps (after warm-up)."),
     windows: str = typer.Option("1", "--windows", help="Comma-separated batch sizes to time, e.g. 1,8,64 on a GPU."),
     compile: str = typer.Option("both", "--compile", help="yes, no or both."),
-    device: str = DEVICE,
+    busy: str = typer.Option("0", "--busy", help="Conditions to measure, as cores kept busy by other processes "
+                             "that the benchmark starts itself: 0,1 = idle, then with one core taken (the "
+                             "'x idle' columns compare the two)."),
+    out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE,
 ) -> None:
-    """Fit steps/s and decode samples/s of the default KAN on 32,768-sample windows."""
+    """Fit steps/s and decode samples/s of the default KAN on 32,768-sample windows, against a
+    plain KAN forward timed in the same run; idle and with cores kept busy (--busy)."""
     with errors():
         modes = {"both": [False, True], "yes": [True], "no": [False]}
         if compile not in modes:
             raise KanError(f"--compile {compile!r}: choose one of: {', '.join(modes)}")
         batches = number_list(windows, "--windows", "1,8,64")
+        try:
+            levels = sorted({int(v) for v in busy.split(",") if v.strip()})
+        except ValueError:
+            levels = []
+        if not levels or not 0 <= levels[0] <= levels[-1] <= 64:
+            raise KanError(f"--busy {busy!r}: give comma-separated numbers of busy cores from 0 to 64, e.g. 0,1")
+        if out is not None:
+            check_writable(out, force)
         from ..bench import run_speed
 
-        run_speed(device=device, steps=steps, batches=batches, modes=modes[compile], console=wide_console())
+        rows = run_speed(device=device, steps=steps, batches=batches, modes=modes[compile], busy=levels,
+                         console=wide_console())
+        write_json(out, {"rows": rows}, force)
 
 
 @bench_app.command("hyper")
@@ -64,7 +79,7 @@ def bench_hyper(
     refine: int = typer.Option(300, "--refine", help="Fitting steps after the one-shot prediction."),
     max_steps: int = typer.Option(1000, "--max-steps", help="Longest random-start fit tried for the steps-to-reach figure."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
-    device: str = DEVICE, force: bool = FORCE,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE,
 ) -> None:
     """One-shot quality of a FewSound model, refine vs random start, encode time (CPU: ~15 min for 4 clips)."""
     with errors():
@@ -99,7 +114,7 @@ def bench_quality(
     out: Path = typer.Option(Path("bench-quality"), "--out", help="Folder for results.jsonl (resumable) and "
                              "summary.md/.csv/.json."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results already in --out and start over."),
-    device: str = DEVICE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, quiet: bool = QUIET,
 ) -> None:
     """The paper's Table 1 protocol on your audio: every INR fitted to every clip, then every metric.
 
@@ -163,7 +178,7 @@ def bench_rd(
     out: Path = typer.Option(Path("bench-rd"), "--out", "-o", help="Folder for results.jsonl (resumable), rd.json, "
                              "rd.md and rd.png."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results already in --out and start over."),
-    device: str = DEVICE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, quiet: bool = QUIET,
 ) -> None:
     """Rate-distortion: PESQ, STOI, SI-SNR, LSD against real kbps for the INR codec, Opus, MP3, mu-law, FLAC.
 
@@ -225,7 +240,7 @@ def bench_ae(
     opus: str = typer.Option(OPUS_KBPS, "--opus", help="Opus bitrates (kbps) to compare with, comma-separated; "
                              "'' for none (libsndfile's lowest Opus setting gives ~8.7 kbps files of 3 s)."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
-    device: str = DEVICE, force: bool = FORCE,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE,
 ) -> None:
     """Rate–distortion table: kbps vs PESQ, STOI, SI-SNR, LSD for 1…N codebooks of each model, and Opus."""
     from ..aebench import run_ae_bench

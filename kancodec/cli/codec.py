@@ -24,7 +24,7 @@ from ..inrcodec import REFINE_LR
 from ..kanfile import codec_for, file_size, load
 from ..modelfile import available_models
 from ..runtime import Event
-from .common import (DEVICE, FORCE, HYPER_DEFAULT, QUIET, Reporter, app, compile_choice, errors, parse_hidden,
+from .common import (DEVICE, THREADS, FORCE, HYPER_DEFAULT, QUIET, Reporter, app, compile_choice, errors, parse_hidden,
                      rows_table)
 
 
@@ -109,7 +109,7 @@ def encode(
     codebooks: Optional[int] = typer.Option(None, "--codebooks", help="With --ae and a kvq/krvq model: codebooks to "
                                             "keep, 1 to the model's (default all). Each adds log2(codebook size) bits "
                                             "per frame (0.86 kbps at the defaults)."),
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.
 
@@ -151,7 +151,7 @@ def decode(
     max_seconds: float = typer.Option(api.MAX_SECONDS, "--max-seconds", help="Refuse files holding more audio than "
                                       "this (a guard against crafted files); raise it to decode longer ones. "
                                       "Decoding streams into the output, so length costs disk, not memory."),
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Decode a .kan file to WAV or FLAC at any sample rate."""
     console = Console(stderr=True, quiet=quiet)
@@ -188,7 +188,7 @@ def mix(
     ratio: float = typer.Option(0.5, "--ratio", help="0 = all A, 1 = all B; in between blends the latents."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Autoencoder (name or path); a kae/kvae one blends "
                               "most smoothly, vq models decode the blend without quantising."),
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Blend two sounds in an autoencoder's latent space and decode the mix."""
     console = Console(stderr=True, quiet=quiet)
@@ -207,7 +207,7 @@ def demo(
     bits: Optional[float] = typer.Option(None, "--bits", "-b", help="Quantisation depth of the weights (default 8)."),
     kbps: Optional[float] = typer.Option(None, "--kbps", "-k", help="Target bitrate instead of --bits."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also keep the decoded WAV here."),
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Encode, decode and score a bundled 3 s real speech clip (tuxpaint-stamps, GPL-2)."""
     console = Console(stderr=True, quiet=quiet)

@@ -39,6 +39,22 @@ err = Console(stderr=True)
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
 FORCE = typer.Option(False, "--force", "-f", help="Overwrite the output if it exists.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda.")
+
+
+def _threads(value: str) -> str:
+    """``--threads``: applied as soon as it is parsed (a bad value is a usage error, exit 2)."""
+    from .. import threads
+
+    try:
+        threads.use(value)
+    except KanError as e:
+        raise typer.BadParameter(message(e).removeprefix("--threads ")) from None
+    return value
+
+
+THREADS = typer.Option("auto", "--threads", callback=_threads, metavar="N|auto",
+                       help="CPU threads: auto (default: the cores other processes leave free, re-measured while "
+                            "working) or a number. Also KANCODEC_THREADS.")
 JSON_OUT = typer.Option(None, "--json", help="Also write the results to this JSON file.")
 HYPER_DEFAULT = "fewsound-kan"
 

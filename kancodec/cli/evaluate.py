@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .. import api
 from ..audio import check_writable
-from .common import DEVICE, FORCE, QUIET, app, errors
+from .common import DEVICE, THREADS, FORCE, QUIET, app, errors
 
 
 _METRIC_LABELS = {"mse": "MSE", "psnr": "PSNR (dB)", "snr": "SNR (dB)", "si_snr": "SI-SNR (dB)", "lsd": "LSD",
@@ -49,7 +49,7 @@ def eval_(
     visqol: bool = typer.Option(False, "--visqol", help="Add ViSQOL MOS-LQO, speech mode at 16 kHz "
                                 "(needs: pip install visqol-python)."),
     cdpam: bool = typer.Option(False, "--cdpam", help="Add CDPAM, a learned perceptual distance (lower is better; needs: pip install 'kancodec[cdpam]')."),
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Score OUTPUT against REFERENCE: MSE, PSNR, SNR, SI-SNR, LSD, PESQ, STOI, spectral Wasserstein.
 

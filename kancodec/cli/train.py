@@ -12,7 +12,7 @@ from rich.markup import escape
 from ..inr import make_config
 from ..runtime import Event
 from ..train import AE_TRAIN, TrainSettings
-from .common import DEVICE, FORCE, QUIET, Reporter, app, compile_choice, errors, parse_hidden
+from .common import DEVICE, THREADS, FORCE, QUIET, Reporter, app, compile_choice, errors, parse_hidden
 
 
 def _val_every(default: int):
@@ -88,7 +88,7 @@ def train_hyper(
                               "(folders when there are 4 or more), folder, file."),
     seed: int = SEED, resume: bool = RESUME,
     compile: str = typer.Option("auto", "--compile", help="auto, yes or no: torch.compile the target network."),
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Train a FewSound hypernetwork: audio window in, INR weights out (see encode --hyper).
 
@@ -153,7 +153,7 @@ def train_ae(
     val_fraction: float = _val_fraction(AE_TRAIN.val_fraction),
     split: str = typer.Option("auto", "--split", help="Hold out whole folders or single files: auto, folder, file."),
     seed: int = SEED, resume: bool = RESUME,
-    device: str = DEVICE, force: bool = FORCE, quiet: bool = QUIET,
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
     """Train a KAN autoencoder codec (see encode --ae): frames of audio -> latents or codebook
     indices -> audio, overlap-added. Validation metrics go to <output>.train.jsonl."""

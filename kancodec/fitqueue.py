@@ -1,0 +1,257 @@
+"""Windows to fit, how each starts, and the queue that fits them in batches, across files.
+
+An encode cuts its audio into :class:`Windows` (:func:`cut`) and is planned as a :class:`Job`
+(by :meth:`kancodec.inrcodec.InrCodec.plan`). A :class:`FitQueue` takes jobs one after
+another and fits their active windows in batches of the device's size, windows of different
+files side by side when they are fitted the same way (:meth:`Job.key`): a folder of short
+clips fills a GPU batch as one long file does. A job is done when its last window is fitted.
+
+Batching does not change results: the loss is summed per window (each window's gradient is
+the one it would have alone), every window starts from networks seeded by its own index
+(:class:`RandomInit`), and each window trains for its own file's depth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import inr
+from .audio import SILENCE, n_windows, resample
+from .fit import FitProgress, FitSettings, fit
+from .runtime import Event, Progress, batch_size, fit_memory, want_compile
+
+
+def memory_scale(config: inr.INR) -> float:
+    """Floats per sample of a fit's intermediates (the B-spline bases of KAN layers, every
+    layer's outputs) relative to the default KAN, whose peak :data:`~kancodec.runtime.STEP_BYTES`
+    holds: how batch sizes and memory estimates carry over to other networks."""
+    def floats(c: inr.INR) -> int:
+        return sum(math.prod(s[:-1]) if len(s) == 3 else 0 for s in c.shapes().values()) + \
+            sum(s[-1] for s in c.shapes().values())
+    return max(0.05, floats(config) / floats(inr.make_config("kan")))
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The audio as the fit sees it: ``C × W`` windows of ``chunk`` samples at ``fit_sr`` (a
+    view of ``xf``, not a copy), their peaks ``gains`` ``(C × W,)`` (0 = silent) and the rows
+    ``active`` to fit; rows are channel-major."""
+
+    xf: np.ndarray  # (C, T') the audio at fit_sr
+    win: np.ndarray  # (C, W, chunk) read-only view of the zero-padded audio
+    gains: np.ndarray
+    active: np.ndarray
+    per_channel: int
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Windows ``idx`` (rows of the ``C × W`` axis) -> ``(len(idx), chunk)`` float32 copies."""
+        return self.win[idx // self.per_channel, idx % self.per_channel]
+
+
+def cut(x: np.ndarray, sr: int, fit_sr: int, chunk: int, overlap: int) -> Windows:
+    """Resample to the fitting rate and find each window's peak, one block of windows at a
+    time: memory is the audio and its padded copy, whatever the window count."""
+    xf = resample(x, sr, fit_sr)
+    c, t = xf.shape
+    n, hop = n_windows(t, chunk, overlap), chunk - overlap
+    padded = np.zeros((c, (n - 1) * hop + chunk), dtype=np.float32)
+    padded[:, :t] = xf
+    win = np.lib.stride_tricks.sliding_window_view(padded, chunk, axis=1)[:, ::hop]  # (C, W, chunk)
+    gains = np.concatenate([np.abs(win[ch, j:j + 256]).max(-1) for ch in range(c) for j in range(0, n, 256)])
+    gains = np.where(gains >= SILENCE, gains, 0.0).astype(np.float32)
+    return Windows(xf, win, gains, np.nonzero(gains)[0], n)
+
+
+class RandomInit:
+    """Window ``i`` (of its file) starts from random networks seeded with ``seed + i``."""
+
+    def __init__(self, config: inr.INR, seed: int):
+        self.config, self.seed = config, seed
+        self.key = ("random",)
+
+    def __call__(self, target: torch.Tensor, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        parts = [inr.init_params(self.config, 1, seed=self.seed + int(i)) for i in rows]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def describe(self) -> dict | None:
+        return None
+
+
+class HyperInit:
+    """Each window starts from a FewSound hypernetwork's one-shot prediction."""
+
+    def __init__(self, name: str | Path, device: torch.device):
+        from . import hyper
+
+        self.model, self.ref = hyper.load(name, device)
+        self.key = ("hyper", str(self.ref.path), self.ref.sha256)
+
+    def __call__(self, target: torch.Tensor, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.model(target)
+
+    def describe(self) -> dict:
+        c = self.model.config
+        return {"model": self.ref.path.name, "sha256": self.ref.sha256, "mode": c.mode, "encoder": c.encoder,
+                "train_steps": self.ref.train.get("steps_done")}
+
+
+@dataclass(eq=False)
+class Job:
+    """One file's encode, planned (:meth:`~kancodec.inrcodec.InrCodec.plan`), and its fit as it fills in."""
+
+    x: np.ndarray
+    sr: int
+    w: Windows
+    config: inr.INR
+    settings: FitSettings
+    init: Any  # RandomInit or HyperInit
+    fit_sr: int
+    chunk: int
+    overlap: int
+    bits: float
+    budget: Any  # rate.Budget or None
+    kbps: float | None
+    preset_name: str
+    device: torch.device
+    name: str = ""
+    fitted: dict = field(default_factory=dict)  # {name: (C × W, …)} on the CPU; silence stays 0
+    depths: np.ndarray | None = None  # (C × W,)
+    left: int = 0  # active windows not fitted yet
+
+    def key(self) -> tuple:
+        """Jobs with equal keys may share batches."""
+        return (self.config, self.settings, self.fit_sr, self.chunk, self.bits == 32, self.init.key)
+
+    def start(self) -> None:
+        n = self.w.gains.shape[0]
+        self.fitted = {k: torch.zeros((n, *shape)) for k, shape in self.config.shapes().items()}
+        self.depths = np.full(n, 8.0 if self.budget is not None else float(self.bits))
+        self.left = len(self.w.active)
+
+
+def _depth(parts: list[tuple[Job, np.ndarray]]):
+    """What :func:`~kancodec.fit.fit` trains a batch for: one depth, one per window, or (rate
+    control) a function choosing each file's share from the batch's compact parameters."""
+    if all(job.budget is None for job, _ in parts):
+        depths = np.concatenate([np.full(len(r), float(job.bits)) for job, r in parts])
+        return float(depths[0]) if (depths == depths[0]).all() else depths
+    from .entropy import MAX_BITS
+
+    def choose(compact: dict[str, torch.Tensor]):
+        out, at = [], 0
+        for job, r in parts:
+            sub = {k: v[at:at + len(r)] for k, v in compact.items()}
+            out.append(np.full(len(r), job.budget.chooser(job.config, len(r))(sub) if job.budget is not None
+                               else min(float(job.bits), MAX_BITS)))
+            at += len(r)
+        return np.concatenate(out)
+    return choose
+
+
+class FitQueue:
+    """Fits the active windows of the jobs given to :meth:`add` in batches (see the module
+    docstring); :meth:`add` and :meth:`flush` return the jobs that are done.
+
+    ``work``: the window-steps of the whole run when known ahead (a folder), for the compile
+    choice; ``total``: the steps summed over batches for ``"fit"`` progress events."""
+
+    def __init__(self, device: torch.device, compile: bool | str = "auto", batch: int | None = None,
+                 progress: Progress | None = None, work: float | None = None, total: int = 0):
+        self.device, self.compile, self.batch, self.progress = device, compile, batch, progress
+        self.work, self.total, self.done = work, total, 0
+        self.pending: dict[tuple, list[tuple[Job, int]]] = {}
+        self.compiled: dict[tuple, bool] = {}
+        self.batches = 0
+
+    def plan(self, job: Job) -> tuple[bool, int]:
+        """``(compile?, windows per batch)`` for the job's kind of fit."""
+        key = job.key()
+        if key not in self.compiled:
+            work = self.work if self.work is not None else job.settings.steps * len(job.w.active)
+            self.compiled[key] = want_compile(self.compile, work)
+        use = self.compiled[key]
+        return use, self.batch or batch_size(self.device, job.chunk, use, memory_scale(job.config))
+
+    def describe(self, job: Job) -> dict:
+        """The ``"plan"`` event of a one-job run (what encode prints before it starts)."""
+        use, bsz = self.plan(job)
+        active = len(job.w.active)
+        made = job.init.describe()
+        return {"windows": int(job.w.gains.shape[0]), "active": int(active), "batches": math.ceil(active / bsz),
+                "batch": bsz, "steps": job.settings.steps, "device": str(self.device), "compile": use,
+                "fit_sr": job.fit_sr, "hyper": made["model"] if made else None,
+                "memory_gb": round((fit_memory(self.device, job.chunk, min(bsz, max(1, active)), use,
+                                               memory_scale(job.config)) + 3 * job.w.xf.nbytes) / 1e9, 2)}
+
+    def add(self, job: Job) -> list[Job]:
+        job.start()
+        if not job.left:
+            return [job]
+        key = job.key()
+        queue = self.pending.setdefault(key, [])
+        queue.extend((job, int(i)) for i in job.w.active)
+        _, bsz = self.plan(job)
+        done = []
+        while len(queue) >= bsz:
+            done += self._fit(key, queue[:bsz])
+            del queue[:bsz]
+        return done
+
+    def flush(self) -> list[Job]:
+        done = []
+        for key, queue in self.pending.items():
+            if queue:
+                done += self._fit(key, queue)
+                queue.clear()
+        return done
+
+    def _fit(self, key: tuple, items: list[tuple[Job, int]]) -> list[Job]:
+        parts: list[tuple[Job, np.ndarray]] = []
+        for job, i in items:
+            if parts and parts[-1][0] is job:
+                parts[-1] = (job, np.append(parts[-1][1], i))
+            else:
+                parts.append((job, np.array([i])))
+        job0 = parts[0][0]
+        use_compile, _ = self.plan(job0)
+        target = torch.from_numpy(np.concatenate([j.w.rows(r) / j.w.gains[r, None] for j, r in parts])).to(self.device)
+        starts, at = [], 0
+        for j, r in parts:
+            starts.append(j.init(target[at:at + len(r)], r))
+            at += len(r)
+        start = {k: torch.cat([s[k].to(self.device) for s in starts]) for k in starts[0]}
+        steps = job0.settings.steps
+        depth = _depth(parts)
+        first, base = self.batches == 0, self.done
+        def reporter(p: FitProgress) -> None:
+            self.progress(Event("fit", base + p.step, self.total, {"loss": p.loss, "snr": p.snr_db}))
+            if first and p.step == min(20, steps) and self.total > p.step:
+                self.progress(Event("estimate", info={"seconds": p.elapsed / p.step * (self.total - p.step)}))
+        if steps:
+            result = fit(job0.config, target, job0.settings, job0.fit_sr, init=start, compile=use_compile,
+                         progress=reporter if self.progress else None, bits=depth)
+            params, chosen = result.params, result.bits
+        else:
+            params, chosen = start, None
+        if chosen is None and callable(depth):  # no quantisation-aware steps: choose for the start
+            chosen = depth({k: v.detach() for k, v in inr.compact(job0.config, params).items()})
+        self.batches += 1
+        self.done += steps
+        finished, at = [], 0
+        for j, r in parts:
+            if chosen is not None:
+                j.depths[r] = np.broadcast_to(np.asarray(chosen, np.float64), (len(items),))[at:at + len(r)]
+            for k, v in params.items():
+                j.fitted[k][torch.from_numpy(r)] = v[at:at + len(r)].detach().cpu()
+            j.left -= len(r)
+            at += len(r)
+            if not j.left:
+                finished.append(j)
+        return finished
