@@ -10,7 +10,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -48,18 +48,32 @@ def check_out_rate(sr: int) -> int:
     return sr
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read any file soundfile can (WAV, FLAC, OGG, …) -> ``((C, T) float32, sample rate)``.
+def read_stdin_audio() -> tuple[np.ndarray, int]:
+    """Audio from standard input (a whole WAV, FLAC or OGG stream) -> ``((C, T) float32, sample rate)``."""
+    import io
+    import sys
+
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise InputError("standard input is empty; pipe a WAV, FLAC or OGG stream into kancodec encode -")
+    return read_audio(io.BytesIO(data), "<stdin>")
+
+
+def read_audio(path: str | Path | BinaryIO, where: str | None = None) -> tuple[np.ndarray, int]:
+    """Read any file soundfile can (WAV, FLAC, OGG, …) -> ``((C, T) float32, sample rate)``;
+    ``path`` may be an open binary file (``where`` names it in errors).
 
     Raises InputError for a missing or unreadable file, no samples, or NaN/Inf samples.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; give an audio file (WAV, FLAC or OGG)")
+    if where is None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such file; check the path")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory; give an audio file (WAV, FLAC or OGG)")
+    source, path = (path, where) if where is not None else (str(path), path)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise InputError(f"{path}: not a readable audio file ({str(e).strip() or 'unknown format'}); "
                          "give a WAV, FLAC or OGG file") from None

@@ -55,3 +55,13 @@ class DeviceError(KanError):
 
 class Interrupted(KanError):
     """Long work stopped by Ctrl-C (after saving what can be resumed)."""
+
+
+#: the exit code of each error type (first match), as the command line uses them: 2 bad option
+#: value, 3 bad input, 4 bad ``.kan`` file, 5 output problem, 6 device unavailable, 130 interrupted
+EXIT_CODES = {Interrupted: 130, InputError: 3, FormatError: 4, OutputError: 5, DeviceError: 6, KanError: 2}
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code of an error (1 for anything that is not a :class:`KanError`)."""
+    return next((c for t, c in EXIT_CODES.items() if isinstance(e, t)), 1)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 
 import torch
 
@@ -95,7 +96,10 @@ class Governor:
         self._last = self._sample()
         env = os.environ.get("KANCODEC_THREADS", "").strip()
         if env and env != "auto":
-            self.set(parse(env, "KANCODEC_THREADS"))
+            try:
+                self.set(parse(env, "KANCODEC_THREADS"))
+            except OptionError as e:
+                warnings.warn(f"{e}; ignored, choosing threads automatically")
         elif not env and os.environ.get("OMP_NUM_THREADS", "").strip():
             self.fixed = self.max  # the user's OpenMP setting: kept as it is
 

@@ -70,6 +70,24 @@ def bench_speed(
         write_json(out, {"rows": rows}, force)
 
 
+@bench_app.command("gpu")
+def bench_gpu(
+    out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="The same path on the CPU at toy sizes (checks the command)."),
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE,
+) -> None:
+    """What to run when a GPU is lent: bench speed at 1, 8, 64 windows and a 60 s file at the standard
+    preset with its real-time factor (~5 min on one GPU; tests/gpu/run.sh adds the GPU tests)."""
+    with errors():
+        if out is not None:
+            check_writable(out, force)
+        if not dry_run and resolve_device(device).type != "cuda":
+            raise KanError("bench gpu needs a CUDA GPU (none here); --dry-run runs the same path on the CPU at toy sizes")
+        from ..gpucheck import run_gpu_check
+
+        write_json(out, run_gpu_check(device, dry_run, console=wide_console()), force)
+
+
 @bench_app.command("hyper")
 def bench_hyper(
     data: Path = typer.Argument(..., help="The corpus the model was trained on (its held-out split is used) "

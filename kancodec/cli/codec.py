@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .. import api
+from .. import api, batch
 from ..aecodec import DEFAULT_MODEL
-from ..audio import check_output_format, check_writable, write_audio
+from ..audio import check_output_format, check_writable, read_stdin_audio, write_audio
 from ..codec import Encoded
 from ..errors import KanError
 from ..fit import PRESETS
 from ..inr import INR_CONFIGS, make_config
 from ..inrcodec import REFINE_LR
-from ..kanfile import codec_for, file_size, load
+from ..kanfile import codec_for, file_size, from_bytes, load
 from ..modelfile import available_models
 from ..runtime import Event
-from .common import (DEVICE, THREADS, FORCE, HYPER_DEFAULT, QUIET, Reporter, app, compile_choice, errors, parse_hidden,
+from .common import (DEVICE, THREADS, FORCE, HYPER_DEFAULT, QUIET, Reporter, app, compile_choice, err, errors, message,
+                     parse_hidden, printable,
                      rows_table)
 
 
@@ -67,8 +71,12 @@ def summary(kf: Encoded, size: int, path: Path | str | None = None) -> Table:
 
 @app.command()
 def encode(
-    input: Path = typer.Argument(..., help="Audio file to encode (WAV, FLAC or OGG; any rate 8-192 kHz)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .kan file to write (default: INPUT with .kan)."),
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT...", help="Audio files to encode (WAV, FLAC or OGG; any "
+                                        "rate 8-192 kHz), folders of them (searched recursively), or - for "
+                                        "standard input."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .kan file to write (default: INPUT with "
+                                          ".kan; - for standard output), or with several inputs or a folder, the "
+                                          "folder to write them into (made if missing; default: next to each input)."),
     preset: str = typer.Option("auto", "--preset", "-p", help="auto (standard on CUDA, fast on CPU), fast (200 steps), "
                                "standard (2000), paper (10000, the paper's loss weights). Time grows with steps."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps (overrides the preset). More steps: better quality, linear time."),
@@ -111,38 +119,127 @@ def encode(
                                             "per frame (0.86 kbps at the defaults)."),
     device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
 ) -> None:
-    """Fit KAN networks (or a baseline INR, --arch) to an audio file and write a .kan file.
+    """Fit KAN networks (or a baseline INR, --arch) to audio and write .kan files.
 
     With --hyper, a pretrained hypernetwork predicts the networks in one pass (seconds),
     optionally refined with --refine N fitting steps. With --ae, a KAN autoencoder codes
-    the audio as codebook indices (or latents) at a few kbps."""
+    the audio as codebook indices (or latents) at a few kbps.
+
+    Several inputs or a folder are encoded in one process, windows of different files fitted
+    together; existing outputs are skipped unless --force; a file that fails does not stop
+    the others, and the exit code is non-zero if any failed. Under torchrun the files are
+    shared among the processes (one GPU each). - reads audio from standard input; -o -
+    writes the .kan file to standard output."""
     console = Console(stderr=True, quiet=quiet)
     with errors():
-        out = output or input.with_suffix(".kan")
-        check_writable(out, force, inputs=(input,))
         use_compile = compile_choice(compile)
         if preset not in ("auto", *PRESETS):
             raise KanError(f"--preset {preset!r}: choose one of: auto, {', '.join(PRESETS)}")
         shaped = arch != "kan" or any(v is not None for v in (n_freqs, hidden, grid, order))
         config = make_config(arch, n_freqs=n_freqs, hidden=parse_hidden(hidden) if hidden else None,
                              grid=grid, order=order) if shaped else None
-        rep = FitReporter(console, quiet)
-        try:
-            kf = api.encode(input, preset_name=None if preset == "auto" else preset, steps=steps, lr=lr,
-                            bits=int(bits) if ae and bits is not None and bits.is_integer() else bits, kbps=kbps,
-                            config=config, fit_sr=fit_sr, chunk=chunk, overlap=overlap, seed=seed, device=device,
-                            compile=None if use_compile == "auto" else use_compile, hyper=hyper, refine=refine,
-                            ae=ae, codebooks=codebooks, progress=rep)
-        finally:
-            rep.close()
+        options = dict(preset_name=None if preset == "auto" else preset, steps=steps, lr=lr,
+                       bits=int(bits) if ae and bits is not None and bits.is_integer() else bits, kbps=kbps,
+                       config=config, fit_sr=fit_sr, chunk=chunk, overlap=overlap, seed=seed, hyper=hyper,
+                       refine=refine, ae=ae, codebooks=codebooks)
+        if len(inputs) == 1 and not inputs[0].is_dir() and batch.distributed()[1] == 1:
+            return _encode_one(inputs[0], output, options, console, quiet, device, use_compile, force)
+        _encode_many(inputs, output, options, console, quiet, device, use_compile, force)
+
+
+def _encode_one(source: Path, output: Optional[Path], options: dict, console: Console, quiet: bool, device: str,
+                use_compile, force: bool) -> None:
+    """One input: its own progress bar and summary table; ``-`` in and out are the standard streams."""
+    stdin, stdout = str(source) == "-", output is not None and str(output) == "-"
+    if stdin and output is None:
+        raise KanError("reading audio from standard input (-): give the .kan file to write with -o FILE, or -o -")
+    out = output or source.with_suffix(".kan")
+    if not stdout and (out.is_dir() or str(output).endswith(("/", os.sep))):
+        out = out / (("stdin" if stdin else source.stem) + ".kan")
+    if not stdout:
+        check_writable(out, force, inputs=() if stdin else (source,))
+    data = read_stdin_audio() if stdin else source
+    rep = FitReporter(console, quiet)
+    try:
+        kf = api.encode(*data if stdin else (data,), device=device,
+                        compile=None if use_compile == "auto" else use_compile, progress=rep, **options)
+    finally:
+        rep.close()
+    if stdout:
+        blob = kf.to_bytes()
+        sys.stdout.buffer.write(blob)
+        sys.stdout.buffer.flush()
+        size = len(blob)
+    else:
         size = kf.save(out, force)
-        console.print(summary(kf, size, out))
+    console.print(summary(kf, size, "-" if stdout else out))
+
+
+class BatchReporter(Reporter):
+    """One bar for a batch encode: files done, and the batch being fitted."""
+
+    def render(self, ev: Event) -> None:
+        if ev.stage == "file":
+            if self.bar is None:
+                self.open_bar("encoding", ev.total)
+            self.bar.update(self.task, completed=ev.done)
+        elif ev.stage == "fit" and self.bar is not None:
+            self.bar.update(self.task, stats=f"fit step {ev.done}, loss {ev.info['loss']:.4f}, SNR {ev.info['snr']:.1f} dB")
+
+
+def _encode_many(inputs: list[Path], output: Optional[Path], options: dict, console: Console, quiet: bool,
+                 device: str, use_compile, force: bool) -> None:
+    """Several inputs or folders (or torchrun): one queue, one bar, one summary table."""
+    if output is not None and (str(output) == "-" or output.exists() and not output.is_dir()):
+        raise KanError(f"-o {output}: with several inputs or a folder, -o is the folder to write the .kan files into")
+    items = batch.collect(inputs, output, force)
+    rank, world = batch.distributed()
+    rep = BatchReporter(console, quiet or rank > 0)
+    if rank == 0:
+        skipped = sum(it.status == "skipped" for it in items)
+        console.print(f"{len(items)} files" + (f" ({skipped} skipped: their outputs exist; --force overwrites)"
+                                               if skipped else "")
+                      + (f", shared among {world} processes" if world > 1 else ""), markup=False, highlight=False)
+    compile_arg = "auto" if use_compile == "auto" else use_compile
+    try:
+        if world > 1:
+            items = batch.run_distributed(items, options, device=device, compile=compile_arg, batch=None, force=force,
+                                          progress=rep, report=lambda done: (rep.close(), _report(done, console)))
+        else:
+            batch.encode_many(items, options, device=device, compile=compile_arg, force=force, progress=rep)
+            rep.close()
+            _report(items, console)
+    finally:
+        rep.close()
+    code = batch.batch_exit_code(items)
+    if code:
+        raise typer.Exit(code)
+
+
+def _report(items: list, console: Console) -> None:
+    """A batch encode's summary: one table row per file, then one error line per failure."""
+    t = Table("file", "result", "audio s", "kbps", "SI-SNR dB", "encode s", title="kancodec encode")
+    for it in items:
+        result = {"encoded": printable(it.output, lines=False), "skipped": "skipped (exists)"}.get(
+            it.status, "failed (below)")
+        t.add_row(escape(printable(it.source, lines=False)), escape(result),
+                  *((f"{it.seconds:.2f}", f"{it.kbps:.1f}",
+                     "-" if it.si_snr_db is None else f"{it.si_snr_db:.2f}", f"{it.encode_s:.1f}")
+                    if it.status == "encoded" else ("", "", "", "")))
+    console.print(t)
+    counts = {s: sum(it.status == s for it in items) for s in ("encoded", "skipped", "failed")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()), markup=False, highlight=False)
+    for it in items:
+        if it.status == "failed":
+            named = it.error if it.error.startswith(it.source) else f"{it.source}: {it.error}"
+            err.print(f"[bold red]error:[/] {escape(message(named))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def decode(
-    input: Path = typer.Argument(..., help="The .kan file to decode."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="WAV or FLAC to write (default: INPUT with .wav)."),
+    input: Path = typer.Argument(..., help="The .kan file to decode (- for standard input)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="WAV or FLAC to write (default: INPUT with .wav; "
+                                          "- writes WAV to standard output)."),
     sr: Optional[int] = typer.Option(None, "--sr", help="Output sample rate (default: the original's). Any rate: "
                                      "above the fitted one the networks are evaluated on a finer grid, below it "
                                      "the output is low-passed so nothing aliases."),
@@ -156,10 +253,26 @@ def decode(
     """Decode a .kan file to WAV or FLAC at any sample rate."""
     console = Console(stderr=True, quiet=quiet)
     with errors():
+        stdin, stdout = str(input) == "-", output is not None and str(output) == "-"
+        if stdin and output is None:
+            raise KanError("reading the .kan file from standard input (-): give the audio file to write with -o FILE, "
+                           "or -o -")
+        kan = from_bytes(sys.stdin.buffer.read(), "<stdin>") if stdin else input
+        if stdout:  # decoded whole into a temporary WAV first: a failed decode writes nothing
+            with tempfile.TemporaryDirectory() as tmp:
+                wav = Path(tmp) / "out.wav"
+                frames, channels, rate = api.decode_to(kan, wav, sr=sr, device=device, model=model,
+                                                       max_seconds=max_seconds)
+                with open(wav, "rb") as f:
+                    shutil.copyfileobj(f, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+            console.print(f"wrote WAV to standard output: {frames / rate:.2f} s, {channels} ch, {rate} Hz",
+                          markup=False, highlight=False)
+            return
         out = output or input.with_suffix(".wav")
         check_output_format(out)
-        check_writable(out, force, inputs=(input,))
-        frames, channels, rate = api.decode_to(input, out, sr=sr, force=force, device=device, model=model,
+        check_writable(out, force, inputs=() if stdin else (input,))
+        frames, channels, rate = api.decode_to(kan, out, sr=sr, force=force, device=device, model=model,
                                                max_seconds=max_seconds)
         console.print(f"wrote {out}: {frames / rate:.2f} s, {channels} ch, {rate} Hz", markup=False, highlight=False)
 

@@ -22,10 +22,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import DeviceError, FormatError, InputError, Interrupted, KanError, OptionError, OutputError
+from ..errors import EXIT_CODES, KanError, OptionError
 from ..runtime import Event
-
-EXIT_CODES = {Interrupted: 130, InputError: 3, FormatError: 4, OutputError: 5, DeviceError: 6, KanError: 2}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Audio as the weights of small Kolmogorov-Arnold networks (KAN implicit neural "
