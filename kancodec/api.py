@@ -36,7 +36,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
            kbps: float | None = None, config: inr.INR | None = None, fit_sr: int | None = None, chunk: int | None = None,
            overlap: int | None = None, seed: int | None = None, device: str | torch.device | None = None,
            compile: bool | str | None = None, batch: int | None = None,
-           hyper: str | Path | None = None, refine: int | None = None,
+           hyper: str | Path | None = None, refine: int | None = None, start: str | Path | None = None,
            ae: str | Path | None = None, codebooks: int | None = None,
            progress: Progress | None = None) -> Encoded:
     """Encode an audio file or array: fit KAN INRs (default), predict them with a FewSound
@@ -62,6 +62,9 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         hyper: a FewSound model (name or path, see ``modelfile.find_model``): each window's
             networks are predicted in one forward pass (the rate, window and architecture
             are the model's), then fitted for ``refine`` steps from there (default 0).
+        start: where fitting starts: ``"auto"`` (default: the learned start θ from
+            ``train-theta`` or the bundled one, when it was learned for this network, rate
+            and window; else random), ``"random"``, or a θ model's name or path.
         ae: an autoencoder model (name or path): code the audio with it instead of fitting
             (only ``codebooks``, ``bits`` and ``device`` apply).
         codebooks: with ``ae`` and a vq model: codebooks to keep (default all).
@@ -71,7 +74,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     """
     fitting = {"kbps": kbps, "preset_name": preset_name, "steps": steps, "lr": lr, "config": config, "fit_sr": fit_sr,
                "chunk": chunk, "overlap": overlap, "seed": seed, "compile": compile, "batch": batch,
-               "hyper": hyper, "refine": refine}
+               "hyper": hyper, "refine": refine, "start": start}
     given = {k: v for k, v in fitting.items() if v is not None}
     if ae is None and codebooks is not None:
         raise OptionError("{codebooks} needs {ae} MODEL (e.g. {ae} krvq)", "codebooks", "ae")

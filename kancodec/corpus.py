@@ -32,11 +32,20 @@ SPLITS = ("auto", "folder", "file")
 
 
 def find_audio(data: str | Path) -> list[Path]:
-    """Every WAV/FLAC/OGG file under ``data``, sorted; InputError if there is none."""
+    """Every WAV/FLAC/OGG file under ``data`` (symlinked folders followed, each once), sorted;
+    InputError if there is none."""
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: not a directory; give a folder of WAV/FLAC/OGG files (searched recursively)")
-    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in AUDIO_EXT and p.is_file())
+    files, seen = [], set()
+    for root, dirs, names in os.walk(data, followlinks=True):  # a corpus of symlinked folders works too
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in AUDIO_EXT]
+    files = sorted(p for p in files if p.is_file())
     if not files:
         raise InputError(f"{data}: no .wav, .flac or .ogg files in it (searched recursively)")
     return files

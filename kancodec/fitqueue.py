@@ -71,6 +71,8 @@ def cut(x: np.ndarray, sr: int, fit_sr: int, chunk: int, overlap: int) -> Window
 class RandomInit:
     """Window ``i`` (of its file) starts from random networks seeded with ``seed + i``."""
 
+    meta_key = None
+
     def __init__(self, config: inr.INR, seed: int):
         self.config, self.seed = config, seed
         self.key = ("random",)
@@ -83,8 +85,73 @@ class RandomInit:
         return None
 
 
+class ThetaInit:
+    """Every window starts from a learned start θ (:mod:`kancodec.theta`)."""
+
+    meta_key = "start"
+
+    def __init__(self, name: str | Path, device: torch.device):
+        from . import theta
+
+        self.theta, self.ref = theta.load(name, device)
+        self.key = ("theta", str(self.ref.path), self.ref.sha256)
+
+    def __call__(self, target: torch.Tensor, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.theta.params(len(rows))
+
+    def describe(self) -> dict:
+        c = self.theta.config
+        return {"model": self.ref.path.name, "sha256": self.ref.sha256, "inner_steps": c.inner_steps,
+                "train_steps": self.ref.train.get("steps_done")}
+
+    def fits(self, config: inr.INR, fit_sr: int, chunk: int) -> bool:
+        """Whether θ was learned for this network, rate and window."""
+        c = self.theta.config
+        return c.inr == config and c.sample_rate == fit_sr and c.window == chunk
+
+
+#: what ``start="auto"`` looks for (by name: yours from train-theta first, then a bundled one)
+AUTO_START = "theta-kan"
+_loaded: dict[tuple, ThetaInit] = {}
+
+
+def start_for(start: str | Path | None, config: inr.INR, fit_sr: int, chunk: int, seed: int,
+              device: torch.device):
+    """The initialiser ``start`` asks for: ``"random"``; ``"auto"``/None (θ named
+    :data:`AUTO_START` when one is found that was learned for this network, rate and window,
+    else random); or a θ model's name or path (its network must be ``config``)."""
+    from .errors import InputError, OptionError
+    from .modelfile import find_model
+
+    if start == "random":
+        return RandomInit(config, seed)
+    auto = start in (None, "auto")
+    try:
+        path = find_model(AUTO_START if auto else start)
+    except InputError:
+        if auto:
+            return RandomInit(config, seed)
+        raise
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(device))
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = ThetaInit(path, device)
+    init = _loaded[key]
+    if init.fits(config, fit_sr, chunk):
+        return init
+    if auto:
+        return RandomInit(config, seed)
+    if init.theta.config.inr != config:
+        raise OptionError(f"{{start}} {path.name}: it is a start for {init.theta.config.inr.describe()}, not "
+                          f"{config.describe()}; drop the architecture options or {{start}}", "start")
+    return init  # another rate or window than it was learned for: allowed when asked for by name
+
+
 class HyperInit:
     """Each window starts from a FewSound hypernetwork's one-shot prediction."""
+
+    meta_key = "hyper"
 
     def __init__(self, name: str | Path, device: torch.device):
         from . import hyper
@@ -186,7 +253,8 @@ class FitQueue:
         made = job.init.describe()
         return {"windows": int(job.w.gains.shape[0]), "active": int(active), "batches": math.ceil(active / bsz),
                 "batch": bsz, "steps": job.settings.steps, "device": str(self.device), "compile": use,
-                "fit_sr": job.fit_sr, "hyper": made["model"] if made else None,
+                "fit_sr": job.fit_sr, "hyper": made["model"] if job.init.meta_key == "hyper" else None,
+                "start": made["model"] if job.init.meta_key == "start" else None,
                 "memory_gb": round((fit_memory(self.device, job.chunk, min(bsz, max(1, active)), use,
                                                memory_scale(job.config)) + 3 * job.w.xf.nbytes) / 1e9, 2)}
 
@@ -229,11 +297,16 @@ class FitQueue:
         start = {k: torch.cat([s[k].to(self.device) for s in starts]) for k in starts[0]}
         steps = job0.settings.steps
         depth = _depth(parts)
-        first, base = self.batches == 0, self.done
+        first, base, mark = self.batches == 0, self.done, {}
         def reporter(p: FitProgress) -> None:
             self.progress(Event("fit", base + p.step, self.total, {"loss": p.loss, "snr": p.snr_db}))
-            if first and p.step == min(20, steps) and self.total > p.step:
-                self.progress(Event("estimate", info={"seconds": p.elapsed / p.step * (self.total - p.step)}))
+            # the first steps compile (or warm up): the estimate times steps 10-30 only
+            if first and p.step == 10:
+                mark["at"] = p.elapsed
+            if first and p.step == min(30, steps) and self.total > p.step:
+                since = 10 if "at" in mark and p.step > 10 else 0
+                per_step = (p.elapsed - mark.get("at", 0.0) * bool(since)) / (p.step - since)
+                self.progress(Event("estimate", info={"seconds": per_step * (self.total - p.step)}))
         if steps:
             result = fit(job0.config, target, job0.settings, job0.fit_sr, init=start, compile=use_compile,
                          progress=reporter if self.progress else None, bits=depth)

@@ -29,7 +29,7 @@ from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure
 from .errors import FormatError, OptionError
 from .fit import preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, flatten, from_container, store
-from .fitqueue import FitQueue, HyperInit, Job, RandomInit, cut
+from .fitqueue import FitQueue, HyperInit, Job, cut, start_for
 from .rate import Budget, check_kbps, choose_config, land
 from .inrdecode import eval_windows as _eval_windows
 from .schema import MAX_CHUNK
@@ -112,7 +112,7 @@ class InrCodec:
              config: inr.INR | None = None, fit_sr: int | None = None,
              chunk: int | None = None, overlap: int | None = None, seed: int = 0,
              device: torch.device, hyper: str | Path | None = None, refine: int | None = None,
-             name: str = "") -> Job:
+             start: str | Path | None = None, name: str = "") -> Job:
         """Check the options and cut the audio: the :class:`~kancodec.fitqueue.Job` a
         :class:`~kancodec.fitqueue.FitQueue` fits and :meth:`finish` stores. Every option
         error is raised here, before any fitting."""
@@ -123,6 +123,8 @@ class InrCodec:
         if kbps is not None:
             check_kbps(kbps)
         if hyper is not None:
+            if start not in (None, "auto"):
+                raise OptionError("{start} with {hyper}: the hypernetwork's prediction is the start", "start", "hyper")
             init = HyperInit(hyper, device)
             c = init.model.config
             if config is not None and config != c.inr:
@@ -154,12 +156,12 @@ class InrCodec:
         check_fit_settings(settings.steps, settings.lr, seed, "refine" if hyper is not None else "steps")
         check_readable(config, x.shape, sr, fit_sr, chunk, overlap)
         if hyper is None:
-            init = RandomInit(config, seed)
+            init = start_for(start, config, fit_sr, chunk, seed, device)
         w = cut(x, sr, fit_sr, chunk, overlap)
         if chosen:
             config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active))
             settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
-            init = RandomInit(config, seed)
+            init = start_for(start, config, fit_sr, chunk, seed, device)
         budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config)
         return Job(x=x, sr=int(sr), w=w, config=config, settings=settings, init=init, fit_sr=fit_sr, chunk=chunk,
                    overlap=overlap, bits=bits, budget=budget, kbps=kbps, preset_name=preset_name, device=device,
@@ -189,7 +191,7 @@ class InrCodec:
         kf = KanFile(config, audio, bits, tensors, {
             "kancodec": __version__, "preset": resolve_preset(preset_name, device), "settings": asdict(settings),
             "device": str(device), "compile": use_compile, "seconds": round(seconds, 1),
-            **({"hyper": made} if made else {}), **({"kbps_target": kbps} if kbps is not None else {})}, scheme)
+            **({init.meta_key: made} if made else {}), **({"kbps_target": kbps} if kbps is not None else {})}, scheme)
         kf.encode.update(measure_blocks(self.stream(kf, fit_sr, device=device), w.xf))  # what the file holds
         return kf
 
@@ -264,8 +266,10 @@ class InrCodec:
                                     + f", {fact(e, 'device')}, {fact(e, 'seconds', '.1f')} s"))
         elif "settings" in e:
             rows.append(("encoded", f"preset {fact(e, 'preset')}, {fact(e, 'settings.steps')} steps, "
-                                    f"lr {fact(e, 'settings.lr')}, seed {fact(e, 'settings.seed')}, "
-                                    f"{fact(e, 'device')}, {fact(e, 'seconds', '.1f')} s"))
+                                    f"lr {fact(e, 'settings.lr')}, "
+                                    + (f"from the learned start {fact(e, 'start.model')}, " if "start" in e else
+                                       f"seed {fact(e, 'settings.seed')}, ")
+                                    + f"{fact(e, 'device')}, {fact(e, 'seconds', '.1f')} s"))
         return rows + integrity_rows(kf)
 
     def brief(self, kf: KanFile) -> dict:

@@ -19,7 +19,8 @@ but costs 40 % when idle (0.67 s against 0.47 s eager), so the fix is the thread
 The policy (:func:`choose`): ``n`` threads at most (torch's default for this machine, or what
 the user set), minus one per core that other processes use, rounded so that a third of a core
 of other work already counts. "Other processes" is measured, not guessed: the busy time of the
-CPUs this process may run on (``/proc/stat``) minus this process's own CPU time, over the last
+CPUs this process may run on (``/proc/stat``) minus this process's own CPU time (its
+descendants' too: ``torch.compile`` compiles in worker processes), over the last
 few seconds. :func:`update` is called by the fit and decode loops; it re-measures at most every
 :data:`INTERVAL` seconds and changes torch's thread count only when the choice changes
 (compiled kernels follow it: measured). ``--threads N`` / ``KANCODEC_THREADS=N`` /
@@ -79,9 +80,44 @@ def _busy_seconds(cpus: set[int] | None) -> float | None:
     return busy / ticks if seen else None
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _descendant_seconds() -> float:
+    """CPU seconds of this process's live descendants (torch.compile's worker processes
+    compile kernels in them: their work is ours, not another program's)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo, seen = 0, _children(os.getpid()), set()
+    while todo and len(seen) < 256:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+        except (OSError, ValueError, IndexError):
+            continue
+        todo += _children(pid)
+    return total / ticks
+
+
 def _own_seconds() -> float:
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system + _descendant_seconds()
 
 
 class Governor:

@@ -225,7 +225,61 @@ class _AETask:
 AE_VAL_LENGTH = 32768  # validation clips of autoencoders: 1.5 s, decoded whole
 
 
+class _ThetaTask:
+    """What the training loop needs to meta-learn a start θ (:mod:`kancodec.theta`): the
+    "loss" is Reptile's surrogate after an inner fit of each crop from θ; plain SGD (the
+    learning rate is Reptile's step ε), no gradient clipping (it would shrink ε)."""
+
+    kind = "theta"
+    clip = None
+
+    def __init__(self, config, settings: TrainSettings, dev: torch.device, use_compile: bool):
+        from .theta import Theta, inner_settings
+
+        self.model = Theta(config, seed=settings.seed).to(dev)
+        self.settings, self.crop, self.val_length = settings, config.window, config.window
+        self.inner = inner_settings(config, settings.spectral_weight)
+        self.feats = config.inr.features(time_grid(config.window, dev))
+        self.spectral = SpectralLoss(config.sample_rate)
+        self.fwd = inr.forward_fn(use_compile)
+        self.use_compile = use_compile
+
+    def optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+
+    def loss(self, net: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        from .theta import adapt
+
+        fitted = adapt(self.model.config, self.model.params(len(x)), x, self.inner, self.settings.loss_window, rng,
+                       self.fwd, self.feats, self.spectral)
+        return net(fitted), {}
+
+    def validate(self, val: torch.Tensor) -> dict:
+        from .theta import fit_from
+
+        result = fit_from(self.model, val, self.model.config.inner_steps, self.settings.spectral_weight,
+                          self.use_compile)
+        with torch.no_grad():
+            pred = inr.forward_chunked(self.model.config.inr, result.params, self.feats)
+        return clip_scores(pred, val, self.model.config.sample_rate, self.settings.val_pesq)
+
+    def save(self, path: Path, summary: dict) -> int:
+        from .theta import save as save_theta
+
+        return save_theta(self.model, path, summary, force=True)
+
+
+#: defaults of ``train-theta``: Reptile's step ε = 0.5 at its peak, batches of 8 crops, the
+#: presets' mel weight
+THETA_TRAIN = TrainSettings(steps=600, batch=8, lr=0.5, weight_decay=0.0, loss_window=8192, spectral_weight=0.3,
+                            val_every=50, val_clips=8, val_pesq=4, checkpoint_every=50)
+
+
 def default_output(config) -> Path:
+    from .theta import ThetaConfig
+
+    if isinstance(config, ThetaConfig):
+        return user_models_dir() / f"theta-{config.target['arch']}.safetensors"
     if isinstance(config, HyperConfig):
         return user_models_dir() / f"fewsound-{config.target['arch']}.safetensors"
     return user_models_dir() / (config.kind + ("" if config.layer == "kan" else f"-{config.layer}") + ".safetensors")
@@ -247,6 +301,22 @@ def train_hyper(data: str | Path, output: str | Path | None = None, config: Hype
         raise OptionError(f"{{loss_window}} {settings.loss_window}: must be between 256 and the window ({config.window})",
                           "loss_window")
     return _train(_HyperTask, config, data, output, settings, device, resume, force, compile, progress)
+
+
+def train_theta(data: str | Path, output: str | Path | None = None, config=None,
+                settings: TrainSettings | None = None, device: str | None = None, resume: bool = False,
+                force: bool = False, compile: bool | str = "auto",
+                progress: Callable[[Event], None] | None = None) -> dict:
+    """Meta-learn a start θ (:class:`kancodec.theta.ThetaConfig`) on the audio under ``data``;
+    as :func:`train_hyper`, with ``loss_window`` the stretch each inner step's loss sees."""
+    from .theta import ThetaConfig
+
+    config = config or ThetaConfig()
+    settings = settings or THETA_TRAIN
+    if not 256 <= settings.loss_window <= config.window:
+        raise OptionError(f"{{loss_window}} {settings.loss_window}: must be between 256 and the window ({config.window})",
+                          "loss_window")
+    return _train(_ThetaTask, config, data, output, settings, device, resume, force, compile, progress)
 
 
 def train_ae(data: str | Path, output: str | Path | None = None, config=None,
@@ -296,7 +366,8 @@ def _train(task_type, config, data, output, settings: TrainSettings, device, res
     corpus = load_corpus(data, config.sample_rate, task.crop, settings.val_fraction, settings.split,
                          progress=(lambda i, n, name: report(Event("data", i, n, {"file": name}))) if report else None)
     model = task.model
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = (task.optimizer(model.parameters()) if hasattr(task, "optimizer")
+           else torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay))
     start, seconds_before = _load_checkpoint(ckpt, task.kind, model, opt, settings) if resume else (0, 0.0)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     val = torch.from_numpy(val_crops(corpus.val, task.val_length, settings.val_clips)).to(dev)
@@ -328,7 +399,9 @@ def _train(task_type, config, data, output, settings: TrainSettings, device, res
             loss, stats = task.loss(net, x, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip = getattr(task, "clip", 1.0)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             updating = True  # a Ctrl-C inside the update would leave it half done: not saved then
             opt.step()
             done, updating = step + 1, False

@@ -95,21 +95,33 @@ def bench_hyper(
     model: str = typer.Option(HYPER_DEFAULT, "--model", help="Model name or .safetensors path."),
     clips: int = typer.Option(4, "--clips", help="Held-out clips (one window each)."),
     refine: int = typer.Option(300, "--refine", help="Fitting steps after the one-shot prediction."),
-    max_steps: int = typer.Option(1000, "--max-steps", help="Longest random-start fit tried for the steps-to-reach figure."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Longest random-start fit tried for the steps-to-reach "
+                                  "figure (0: skip it)."),
+    curve: str = typer.Option("", "--curve", help="Steps at which to score fits from each start (random, θ, θ + H), "
+                              "comma-separated, e.g. 0,10,30,100,300 (empty: no curves)."),
+    theta: str = typer.Option("auto", "--theta", help="The learned start for the θ curve: auto (the one encode would "
+                              "use), a model name or path, or none."),
     out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     device: str = DEVICE, threads: str = THREADS, force: bool = FORCE,
 ) -> None:
-    """One-shot quality of a FewSound model, refine vs random start, encode time (CPU: ~15 min for 4 clips)."""
+    """One-shot quality of a FewSound model, refine vs random start, curves of quality against
+    steps from each start, encode time (CPU: ~15 min for 4 clips without curves)."""
     with errors():
-        if min(clips, refine, max_steps) < 1:
-            raise KanError("--clips, --refine and --max-steps must be at least 1")
+        if min(clips, refine) < 1 or max_steps < 0:
+            raise KanError("--clips and --refine must be at least 1, --max-steps at least 0")
+        try:
+            steps = tuple(int(v) for v in curve.split(",") if v.strip())
+        except ValueError:
+            raise KanError(f"--curve {curve!r}: give whole step counts separated by commas, e.g. 0,10,30,100,300") from None
+        if any(n < 0 for n in steps):
+            raise KanError(f"--curve {curve!r}: step counts must be 0 or more")
         if out is not None:
             check_writable(out, force)
         from ..hyperbench import run_hyper_bench
 
         console = wide_console()
         result = run_hyper_bench(data, model, clips, refine, max_steps, device,
-                                 log=lambda m: console.print(escape(m), highlight=False))
+                                 log=lambda m: console.print(escape(m), highlight=False), curve=steps, theta=theta)
         write_json(out, result, force)
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..inr import make_config
 from ..runtime import Event
-from ..train import AE_TRAIN, TrainSettings
+from ..train import AE_TRAIN, THETA_TRAIN, TrainSettings
 from .common import DEVICE, THREADS, FORCE, QUIET, Reporter, app, compile_choice, errors, parse_hidden
 
 
@@ -104,6 +104,58 @@ def train_hyper(
         config = HyperConfig(target=make_config(target).to_dict(), encoder=encoder, mode=mode)
         settings = TrainSettings(steps=steps, batch=batch, lr=lr, loss_window=loss_window,
                                  spectral_weight=spectral_weight, val_every=val_every,
+                                 checkpoint_every=checkpoint_every, val_fraction=val_fraction, split=split, seed=seed)
+        rep = TrainReporter(console, quiet)
+        try:
+            summary = run_training(data, output, config, settings, device=device, resume=resume, force=force,
+                                   compile=use_compile, progress=rep)
+        finally:
+            rep.close()
+        trained(console, summary)
+
+
+@app.command("train-theta")
+def train_theta(
+    data: Path = typer.Option(..., "--data", help="Folder of speech (WAV, FLAC, OGG; searched recursively), e.g. the "
+                              "corpus from models/build_corpus.sh."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model file to write (default: "
+                                          "theta-<target>.safetensors in your kancodec data folder, where encode "
+                                          "finds it)."),
+    target: str = typer.Option("kan", "--target", help="INR to learn a start for (its default sizes): kan or a "
+                               "baseline (nerf, siren, ...)."),
+    inner_steps: int = typer.Option(16, "--inner-steps", help="Fitting steps from θ per meta-step (the codec's "
+                                    "schedule over that many steps)."),
+    inner_lr: float = typer.Option(5e-2, "--inner-lr", help="Peak learning rate of those steps (the presets': 0.05)."),
+    steps: int = typer.Option(THETA_TRAIN.steps, "--steps", help="Meta-steps (Reptile updates of θ)."),
+    batch: int = typer.Option(THETA_TRAIN.batch, "--batch", help="Windows fitted per meta-step (per process)."),
+    lr: float = typer.Option(THETA_TRAIN.lr, "--lr", help="Reptile's step ε at its peak (one-cycle schedule): θ moves "
+                             "this share of the way to the mean of the fitted networks."),
+    loss_window: int = typer.Option(THETA_TRAIN.loss_window, "--loss-window", help="Samples each inner step's loss "
+                                    "sees (a random stretch per step; 32768 = all)."),
+    spectral_weight: float = typer.Option(THETA_TRAIN.spectral_weight, "--spectral-weight", help="Weight of the "
+                                          "mel-STFT term next to L1 (the presets' 0.3)."),
+    val_every: int = _val_every(THETA_TRAIN.val_every),
+    checkpoint_every: int = _checkpoint_every(THETA_TRAIN.checkpoint_every),
+    val_fraction: float = _val_fraction(THETA_TRAIN.val_fraction),
+    split: str = typer.Option("auto", "--split", help="Hold out whole folders (speakers) or single files: auto, "
+                              "folder, file."),
+    seed: int = SEED, resume: bool = RESUME,
+    compile: str = typer.Option("auto", "--compile", help="auto, yes or no: torch.compile the target network."),
+    device: str = DEVICE, threads: str = THREADS, force: bool = FORCE, quiet: bool = QUIET,
+) -> None:
+    """Meta-learn a start θ for fitting (Reptile): encode then fits from θ, not from random
+    weights. Validation (SI-SNR after --inner-steps fitting steps from θ on held-out windows)
+    goes to <output>.train.jsonl. Several processes: torchrun --nproc_per_node N -m kancodec
+    train-theta ..."""
+    from ..theta import ThetaConfig
+    from ..train import train_theta as run_training
+
+    console = Console(stderr=True, quiet=quiet)
+    with errors():
+        use_compile = compile_choice(compile)
+        config = ThetaConfig(target=make_config(target).to_dict(), inner_steps=inner_steps, inner_lr=inner_lr)
+        settings = TrainSettings(steps=steps, batch=batch, lr=lr, weight_decay=0.0, loss_window=loss_window,
+                                 spectral_weight=spectral_weight, val_every=val_every, val_clips=THETA_TRAIN.val_clips,
                                  checkpoint_every=checkpoint_every, val_fraction=val_fraction, split=split, seed=seed)
         rep = TrainReporter(console, quiet)
         try:

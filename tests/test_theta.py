@@ -1,0 +1,117 @@
+"""The learned start θ (kancodec.theta, train-theta, encode --start)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kancodec import api, fitqueue, modelfile, theta
+from kancodec.kanfile import codec_for
+from kancodec.inr import KANConfig
+from kancodec.train import TrainSettings, _ThetaTask, train_theta
+
+from conftest import assert_one_line_error, cli
+
+TINY_T = KANConfig(n_freqs=4, hidden=(8,), grid=5)
+TINY_THETA = theta.ThetaConfig(target=TINY_T.to_dict(), window=2048, sample_rate=22050, inner_steps=3)
+TINY_META = TrainSettings(steps=4, batch=2, lr=0.5, weight_decay=0.0, loss_window=1024, spectral_weight=0.3,
+                          val_every=2, checkpoint_every=2, val_clips=2, val_pesq=0)
+
+
+def test_reptile_step_moves_theta_towards_the_fitted_networks():
+    """One meta-step is θ + ε (mean φ − θ), whatever the networks were fitted to."""
+    task = _ThetaTask(TINY_THETA, TINY_META, torch.device("cpu"), False)
+    before = task.model.params(1)
+    fitted = {k: v.expand(3, *v.shape[1:]) + torch.randn(3, *v.shape[1:]) for k, v in before.items()}
+    opt = task.optimizer(task.model.parameters())
+    opt.zero_grad()
+    task.model(fitted).backward()
+    opt.step()
+    after = task.model.params(1)
+    for k in before:
+        want = before[k] + 0.5 * (fitted[k].mean(0, keepdim=True) - before[k])
+        torch.testing.assert_close(after[k], want)
+
+
+def test_adapt_fits_and_leaves_the_start_alone():
+    g = torch.linspace(-1, 1, 2048)
+    x = torch.stack([0.8 * torch.sin(torch.pi * 3 * g) + 0.2 * torch.sin(torch.pi * 7 * g), torch.cos(torch.pi * 2 * g)])
+    t = theta.Theta(TINY_THETA)
+    start = t.params(2)
+    copy = {k: v.clone() for k, v in start.items()}
+    rng = np.random.default_rng(0)
+    out = theta.adapt(TINY_THETA, start, x, theta.inner_settings(TINY_THETA, 0.3, 30), 1024, rng)
+    for k in start:
+        assert torch.equal(start[k], copy[k]) and not torch.equal(out[k], copy[k])
+    from kancodec.inr import forward
+    from kancodec.loss import snr
+    assert (snr(forward(TINY_T, out, g), x) > snr(forward(TINY_T, start, g), x) + 3).all(), \
+        (snr(forward(TINY_T, out, g), x), snr(forward(TINY_T, start, g), x))
+
+
+def test_train_theta_saves_a_start_that_encode_uses(corpus, tmp_path, speech, monkeypatch):
+    out = tmp_path / "t.safetensors"
+    summary = train_theta(corpus, out, TINY_THETA, TINY_META, device="cpu", compile=False)
+    assert summary["steps_done"] == 4 and out.is_file() and np.isfinite(summary["val"]["si_snr"])
+    rows = [json.loads(line) for line in out.with_name("t.train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    loaded, ref = theta.load(out)
+    assert ref.kind == "theta" and loaded.config == TINY_THETA and ref.train["steps_done"] == 4
+    assert not out.with_name("t.ckpt.safetensors").exists()
+    # encode from it, by path: every window starts from θ, and the file says so
+    x = speech[0][:, :6000]
+    opts = dict(config=TINY_T, chunk=2048, overlap=128, compile=False, device="cpu", bits=32)
+    kf = api.encode(x, 22050, steps=0, start=str(out), **opts)
+    assert kf.encode["start"]["model"] == "t.safetensors" and kf.encode["start"]["sha256"] == ref.sha256
+    assert "from the learned start t.safetensors" in " ".join(v for _, v in codec_for(kf).summary(kf, 1000))
+    # auto: found by name in the user's folder when it was learned for this network, rate and window
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / f"{fitqueue.AUTO_START}.safetensors").write_bytes(out.read_bytes())
+    monkeypatch.setattr(modelfile, "user_models_dir", lambda: users)
+    assert api.encode(x, 22050, steps=0, **opts).encode["start"]["sha256"] == ref.sha256
+    assert "start" not in api.encode(x, 22050, steps=0, start="random", **opts).encode
+    other = dict(opts, chunk=1024)  # another window than θ was learned for: auto falls back to random
+    assert "start" not in api.encode(x, 22050, steps=0, **other).encode
+    assert "start" not in api.encode(x, 16000, steps=0, **opts).encode  # another rate: the same
+
+
+def test_start_errors(tmp_path, speech_wav):
+    out = tmp_path / "t.safetensors"
+    theta.save(theta.Theta(TINY_THETA), out, {"steps_done": 0})
+    args = ["encode", speech_wav, "-o", tmp_path / "o.kan", "--steps", "2", "--compile", "no", "--device", "cpu"]
+    assert_one_line_error(cli(*args, "--start", out), 2, "--start", "t.safetensors", "kan L=4")
+    assert_one_line_error(cli(*args, "--start", tmp_path / "missing.safetensors"), 3, "not found")
+    res = cli("encode", speech_wav, "-o", tmp_path / "o.kan", "--hyper", out, "--start", "random")
+    assert_one_line_error(res, 2, "--start", "--hyper")
+    (tmp_path / "bad.safetensors").write_bytes(out.read_bytes()[:-9])
+    assert_one_line_error(cli(*args, "--start", tmp_path / "bad.safetensors"), 4)
+    assert not (tmp_path / "o.kan").exists()
+
+
+def test_theta_file_is_checked(tmp_path):
+    """A θ file whose tensors do not fit its config is refused with a one-line reason."""
+    out = tmp_path / "t.safetensors"
+    t = theta.Theta(TINY_THETA)
+    tensors = {k.replace("/", "."): v.detach()[0] for k, v in t.values.items()}
+    tensors["l0.base"] = tensors["l0.base"][:1]
+    modelfile.save_model(out, theta.KIND, TINY_THETA.to_dict(), tensors)
+    with pytest.raises(Exception, match="does not match its config"):
+        theta.load(out)
+    tensors = {k.replace("/", "."): v.detach()[0] for k, v in t.values.items()}
+    tensors["l0.base"] = tensors["l0.base"] * float("nan")
+    modelfile.save_model(out, theta.KIND, TINY_THETA.to_dict(), tensors, force=True)
+    with pytest.raises(Exception, match="non-finite"):
+        theta.load(out)
+
+
+def test_cli_train_theta(corpus, tmp_path):
+    out = tmp_path / "t.safetensors"
+    res = cli("train-theta", "--data", corpus, "-o", out, "--steps", "2", "--batch", "2", "--inner-steps", "2",
+              "--loss-window", "2048", "--val-every", "2", "--compile", "no", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.stderr and theta.load(out)[1].train["steps_done"] == 2
+    assert_one_line_error(cli("train-theta", "--data", corpus, "-o", out, "--inner-steps", "0"), 2, "--inner-steps")
