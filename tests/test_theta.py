@@ -115,3 +115,33 @@ def test_cli_train_theta(corpus, tmp_path):
     assert res.exit_code == 0, res.output
     assert "wrote" in res.stderr and theta.load(out)[1].train["steps_done"] == 2
     assert_one_line_error(cli("train-theta", "--data", corpus, "-o", out, "--inner-steps", "0"), 2, "--inner-steps")
+
+
+def test_bench_hyper_curves(corpus, tmp_path):
+    """bench hyper --curve: quality against steps from each start, the same fits as encode's."""
+    from kancodec import hyper
+    from kancodec.hyperbench import run_hyper_bench
+
+    target = KANConfig(n_freqs=4, hidden=(8,), grid=5)
+    h = hyper.HyperConfig(target=target.to_dict(), window=4096, channels=(4, 8), strides=(8, 8), frame_channels=4,
+                          latent=16, theta_hidden=8, hidden=32)
+    hyper.save(hyper.HyperNetwork(h), tmp_path / "h.safetensors", {"steps_done": 1})
+    theta.save(theta.Theta(theta.ThetaConfig(target=target.to_dict(), window=4096)), tmp_path / "t.safetensors")
+    r = run_hyper_bench(corpus, str(tmp_path / "h.safetensors"), clips=1, refine=5, max_steps=0, device="cpu",
+                        compile=False, log=lambda m: None, curve=(0, 5, 20), theta=str(tmp_path / "t.safetensors"))
+    assert set(r["curves"]) == {"random", "theta", "hyper"} and r["theta"]["model"] == "t.safetensors"
+    for points in r["curves"].values():
+        assert [p["steps"] for p in points] == [0, 5, 20] and all(np.isfinite(p["snr"]) for p in points)
+        assert points[2]["snr"] > points[0]["snr"]  # fitting from any start improves on it
+    assert r["curves"]["hyper"][0]["si_snr"] == r["one_shot"]["si_snr"]
+    assert r["refine"] == r["curves"]["hyper"][1] and r["random_same_steps"] == r["curves"]["random"][1]
+    assert "random_to_reach" not in r
+    r = run_hyper_bench(corpus, str(tmp_path / "h.safetensors"), clips=1, refine=5, max_steps=0, device="cpu",
+                        compile=False, log=lambda m: None, curve=(0,), theta="none")
+    assert set(r["curves"]) == {"random", "hyper"}
+
+
+def test_cli_bench_hyper_curve_errors(corpus):
+    assert_one_line_error(cli("bench", "hyper", corpus, "--curve", "0,ten"), 2, "--curve", "0,10,30")
+    assert_one_line_error(cli("bench", "hyper", corpus, "--curve", "0,-5"), 2, "--curve")
+    assert_one_line_error(cli("bench", "hyper", corpus, "--max-steps", "-1"), 2, "--max-steps")

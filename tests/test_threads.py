@@ -119,3 +119,22 @@ def test_gpu_check_dry_run(tmp_path):
     assert result["dry_run"] and result["encode"]["real_time_factor"] > 0 and result["speed"][0]["step_s"] > 0
     assert "GPU-marked tests" in (tmp_path / "tests.txt").read_text()
     assert_one_line_error(cli("bench", "gpu", "--device", "cpu"), 2, "needs a CUDA GPU", "--dry-run")
+
+
+def test_own_cpu_includes_live_child_processes():
+    """torch.compile's workers are kancodec's own work: a busy child is not 'another program'."""
+    import subprocess
+    import sys
+    import time
+
+    from kancodec import threads
+
+    before = threads._descendant_seconds()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.2: pass\n"
+                              "time.sleep(30)"])
+    try:
+        time.sleep(1.6)
+        assert threads._descendant_seconds() - before >= 0.5
+    finally:
+        child.kill()
+        child.wait()
