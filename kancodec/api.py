@@ -62,9 +62,9 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         hyper: a FewSound model (name or path, see ``modelfile.find_model``): each window's
             networks are predicted in one forward pass (the rate, window and architecture
             are the model's), then fitted for ``refine`` steps from there (default 0).
-        start: where fitting starts: ``"auto"`` (default: the learned start θ from
-            ``train-theta`` or the bundled one, when it was learned for this network, rate
-            and window; else random), ``"random"``, or a θ model's name or path.
+        start: where fitting starts: ``"random"`` (default), ``"auto"`` (the learned start
+            ``theta-kan`` from ``train-theta`` when it was learned for this network, rate and
+            window; else random), or a θ model's name or path.
         ae: an autoencoder model (name or path): code the audio with it instead of fitting
             (only ``codebooks``, ``bits`` and ``device`` apply).
         codebooks: with ``ae`` and a vq model: codebooks to keep (default all).

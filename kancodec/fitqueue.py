@@ -117,15 +117,18 @@ _loaded: dict[tuple, ThetaInit] = {}
 
 def start_for(start: str | Path | None, config: inr.INR, fit_sr: int, chunk: int, seed: int,
               device: torch.device):
-    """The initialiser ``start`` asks for: ``"random"``; ``"auto"``/None (θ named
-    :data:`AUTO_START` when one is found that was learned for this network, rate and window,
-    else random); or a θ model's name or path (its network must be ``config``)."""
+    """The initialiser ``start`` asks for: ``"random"`` or None (the default); ``"auto"`` (θ
+    named :data:`AUTO_START` when one is found that was learned for this network, rate and
+    window, else random); or a θ model's name or path (its network must be ``config``).
+
+    Random is the default because the one θ trained here measured worse than random starts
+    once quantised (see ``models/README.md``, theta-kan)."""
     from .errors import InputError, OptionError
     from .modelfile import find_model
 
-    if start == "random":
+    if start in (None, "random"):
         return RandomInit(config, seed)
-    auto = start in (None, "auto")
+    auto = start == "auto"
     try:
         path = find_model(AUTO_START if auto else start)
     except InputError:

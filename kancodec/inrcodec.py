@@ -123,7 +123,7 @@ class InrCodec:
         if kbps is not None:
             check_kbps(kbps)
         if hyper is not None:
-            if start not in (None, "auto"):
+            if start is not None:
                 raise OptionError("{start} with {hyper}: the hypernetwork's prediction is the start", "start", "hyper")
             init = HyperInit(hyper, device)
             c = init.model.config

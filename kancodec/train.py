@@ -271,7 +271,7 @@ class _ThetaTask:
 
 #: defaults of ``train-theta``: Reptile's step ε = 0.5 at its peak, batches of 8 crops, the
 #: presets' mel weight
-THETA_TRAIN = TrainSettings(steps=600, batch=8, lr=0.5, weight_decay=0.0, loss_window=8192, spectral_weight=0.3,
+THETA_TRAIN = TrainSettings(steps=400, batch=8, lr=0.5, weight_decay=0.0, loss_window=8192, spectral_weight=0.3,
                             val_every=50, val_clips=8, val_pesq=4, checkpoint_every=50)
 
 

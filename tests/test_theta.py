@@ -72,11 +72,12 @@ def test_train_theta_saves_a_start_that_encode_uses(corpus, tmp_path, speech, mo
     users.mkdir()
     (users / f"{fitqueue.AUTO_START}.safetensors").write_bytes(out.read_bytes())
     monkeypatch.setattr(modelfile, "user_models_dir", lambda: users)
-    assert api.encode(x, 22050, steps=0, **opts).encode["start"]["sha256"] == ref.sha256
+    assert api.encode(x, 22050, steps=0, start="auto", **opts).encode["start"]["sha256"] == ref.sha256
     assert "start" not in api.encode(x, 22050, steps=0, start="random", **opts).encode
+    assert "start" not in api.encode(x, 22050, steps=0, **opts).encode  # the default is random
     other = dict(opts, chunk=1024)  # another window than θ was learned for: auto falls back to random
-    assert "start" not in api.encode(x, 22050, steps=0, **other).encode
-    assert "start" not in api.encode(x, 16000, steps=0, **opts).encode  # another rate: the same
+    assert "start" not in api.encode(x, 22050, steps=0, start="auto", **other).encode
+    assert "start" not in api.encode(x, 16000, steps=0, start="auto", **opts).encode  # another rate: the same
 
 
 def test_start_errors(tmp_path, speech_wav):
@@ -85,7 +86,7 @@ def test_start_errors(tmp_path, speech_wav):
     args = ["encode", speech_wav, "-o", tmp_path / "o.kan", "--steps", "2", "--compile", "no", "--device", "cpu"]
     assert_one_line_error(cli(*args, "--start", out), 2, "--start", "t.safetensors", "kan L=4")
     assert_one_line_error(cli(*args, "--start", tmp_path / "missing.safetensors"), 3, "not found")
-    res = cli("encode", speech_wav, "-o", tmp_path / "o.kan", "--hyper", out, "--start", "random")
+    res = cli("encode", speech_wav, "-o", tmp_path / "o.kan", "--hyper", out, "--start", "auto")
     assert_one_line_error(res, 2, "--start", "--hyper")
     (tmp_path / "bad.safetensors").write_bytes(out.read_bytes()[:-9])
     assert_one_line_error(cli(*args, "--start", tmp_path / "bad.safetensors"), 4)
