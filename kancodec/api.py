@@ -72,6 +72,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     Returns:
         a :class:`~kancodec.inrfile.KanFile` or :class:`~kancodec.aecodec.AEFile`.
     """
+    start = None if start == "random" else start
     fitting = {"kbps": kbps, "preset_name": preset_name, "steps": steps, "lr": lr, "config": config, "fit_sr": fit_sr,
                "chunk": chunk, "overlap": overlap, "seed": seed, "compile": compile, "batch": batch,
                "hyper": hyper, "refine": refine, "start": start}

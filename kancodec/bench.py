@@ -101,9 +101,12 @@ def _time_reference(cfg: inr.KANConfig, repeats: int = 2) -> float:
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:
-    """``n`` processes that each keep one core busy until stopped (:func:`stop_busy`)."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+    """``n`` processes that each keep one core busy until stopped (:func:`stop_busy`). They
+    stand for other programs: the thread governor does not count them as kancodec's own."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+    threads.FOREIGN.update(p.pid for p in procs)
+    return procs
 
 
 def stop_busy(procs: list[subprocess.Popen]) -> None:
@@ -111,6 +114,7 @@ def stop_busy(procs: list[subprocess.Popen]) -> None:
         p.kill()
     for p in procs:
         p.wait()
+        threads.FOREIGN.discard(p.pid)
 
 
 def run_speed(device: str = "auto", steps: int = 20, batches: list[int] | None = None,

@@ -44,6 +44,7 @@ def find_audio(data: str | Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        dirs.sort()  # which name a folder reached twice keeps must not depend on the listing order
         files += [Path(root) / n for n in names if Path(n).suffix.lower() in AUDIO_EXT]
     files = sorted(p for p in files if p.is_file())
     if not files:

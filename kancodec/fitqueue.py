@@ -110,20 +110,22 @@ class ThetaInit:
         return c.inr == config and c.sample_rate == fit_sr and c.window == chunk
 
 
-#: what ``start="auto"`` looks for (by name: yours from train-theta first, then a bundled one)
+#: what ``start="auto"`` looks for by name (yours from train-theta; none is bundled)
 AUTO_START = "theta-kan"
 _loaded: dict[tuple, ThetaInit] = {}
 
 
 def start_for(start: str | Path | None, config: inr.INR, fit_sr: int, chunk: int, seed: int,
-              device: torch.device):
+              device: torch.device, option: str = "start"):
     """The initialiser ``start`` asks for: ``"random"`` or None (the default); ``"auto"`` (θ
     named :data:`AUTO_START` when one is found that was learned for this network, rate and
     window, else random); or a θ model's name or path (its network must be ``config``).
 
     Random is the default because the one θ trained here measured worse than random starts
     once quantised (see ``models/README.md``, theta-kan)."""
-    from .errors import InputError, OptionError
+    import warnings
+
+    from .errors import FormatError, InputError, OptionError
     from .modelfile import find_model
 
     if start in (None, "random"):
@@ -138,16 +140,23 @@ def start_for(start: str | Path | None, config: inr.INR, fit_sr: int, chunk: int
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(device))
     if key not in _loaded:
+        try:
+            made = ThetaInit(path, device)
+        except FormatError as e:
+            if not auto:
+                raise
+            warnings.warn(f"{e}; starting from random weights")
+            return RandomInit(config, seed)
         _loaded.clear()
-        _loaded[key] = ThetaInit(path, device)
+        _loaded[key] = made
     init = _loaded[key]
     if init.fits(config, fit_sr, chunk):
         return init
     if auto:
         return RandomInit(config, seed)
     if init.theta.config.inr != config:
-        raise OptionError(f"{{start}} {path.name}: it is a start for {init.theta.config.inr.describe()}, not "
-                          f"{config.describe()}; drop the architecture options or {{start}}", "start")
+        raise OptionError(f"{{{option}}} {path.name}: it is a start for {init.theta.config.inr.describe()}, not "
+                          f"{config.describe()}; give a start learned for that network", option)
     return init  # another rate or window than it was learned for: allowed when asked for by name
 
 
@@ -181,7 +190,7 @@ class Job:
     w: Windows
     config: inr.INR
     settings: FitSettings
-    init: Any  # RandomInit or HyperInit
+    init: Any  # RandomInit, ThetaInit or HyperInit
     fit_sr: int
     chunk: int
     overlap: int

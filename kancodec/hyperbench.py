@@ -53,8 +53,9 @@ def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: i
         t0 = time.perf_counter()
         pred_params = model(x)
         predict_s = time.perf_counter() - t0
-    starts = {"random": (RandomInit(cfg, 0)(x, rows), PRESETS["fast"].lr), "hyper": (pred_params, api.REFINE_LR)}
-    learned = None if theta in (None, "none") else start_for(theta, cfg, c.sample_rate, c.window, 0, dev)
+    randoms = {k: v.to(dev) for k, v in RandomInit(cfg, 0)(x, rows).items()}
+    starts = {"random": (randoms, PRESETS["fast"].lr), "hyper": (pred_params, api.REFINE_LR)}
+    learned = None if theta in (None, "none") else start_for(theta, cfg, c.sample_rate, c.window, 0, dev, "theta")
     if learned is not None and learned.meta_key == "start":
         starts["theta"] = (learned(x, rows), PRESETS["fast"].lr)
     memo: dict[tuple[str, int], dict] = {}

@@ -117,6 +117,7 @@ class InrCodec:
         :class:`~kancodec.fitqueue.FitQueue` fits and :meth:`finish` stores. Every option
         error is raised here, before any fitting."""
         tune_allocator()
+        start = None if start == "random" else start
         if kbps is not None and bits is not None:
             raise OptionError("{kbps} chooses the depth itself: give {kbps} or {bits}, not both", "kbps", "bits")
         bits = check_depth(8 if bits is None else bits)

@@ -95,20 +95,26 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+#: pids of child processes that stand for other programs (``bench speed --busy`` starts them):
+#: their CPU time is other work, not kancodec's
+FOREIGN: set[int] = set()
+
+
 def _descendant_seconds() -> float:
-    """CPU seconds of this process's live descendants (torch.compile's worker processes
-    compile kernels in them: their work is ours, not another program's)."""
+    """CPU seconds of this process's live descendants and of their waited-for children
+    (torch.compile's worker processes compile kernels in them: their work is ours, not
+    another program's), except the :data:`FOREIGN` ones."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total, todo, seen = 0, _children(os.getpid()), set()
     while todo and len(seen) < 256:
         pid = todo.pop()
-        if pid in seen:
+        if pid in seen or pid in FOREIGN:
             continue
         seen.add(pid)
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime (stat fields 14-17)
         except (OSError, ValueError, IndexError):
             continue
         todo += _children(pid)

@@ -103,6 +103,8 @@ def _save_checkpoint(path: Path, kind: str, model: torch.nn.Module, opt: torch.o
     names = [n for n, _ in model.named_parameters()]
     for name, p in zip(names, opt.param_groups[0]["params"]):
         for key, value in opt.state.get(p, {}).items():
+            if not isinstance(value, torch.Tensor):  # SGD without momentum keeps None
+                continue
             tensors[f"opt.{name}.{key}"] = value.reshape(-1) if value.ndim == 0 else value
     save_model(path, f"{kind}-checkpoint", model.config.to_dict(), tensors,
                {"step": step, "seconds": round(seconds, 1), "settings": asdict(settings)}, force=True)
@@ -123,7 +125,7 @@ def _load_checkpoint(path: Path, kind: str, model: torch.nn.Module, opt: torch.o
     names = [n for n, _ in model.named_parameters()]
     for name, p in zip(names, opt.param_groups[0]["params"]):
         state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
-        if state:
+        if state and "step" in state:
             state["step"] = state["step"].reshape(())
             opt.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state.items()}
     return int(info["step"]), float(info.get("seconds", 0.0))

@@ -58,7 +58,7 @@ class FitReporter(Reporter):
             if ev.total:
                 self.open_bar("fit", ev.total)
         elif ev.stage == "estimate":
-            self.console.print(f"estimated time left: {ev.info['seconds'] / 60:.1f} min (timed after the first steps, which compile)")
+            self.console.print(f"estimated time left: {ev.info['seconds'] / 60:.1f} min (timed after the first steps)")
         elif ev.stage == "fit" and self.bar is not None:
             self.bar.update(self.task, completed=ev.done, stats=f"loss {ev.info['loss']:.4f} SNR {ev.info['snr']:.1f} dB")
             if ev.done >= ev.total:
