@@ -316,8 +316,8 @@ class FitQueue:
             if first and p.step == 10:
                 mark["at"] = p.elapsed
             if first and p.step == min(30, steps) and self.total > p.step:
-                since = 10 if "at" in mark and p.step > 10 else 0
-                per_step = (p.elapsed - mark.get("at", 0.0) * bool(since)) / (p.step - since)
+                t0, s0 = (mark["at"], 10) if p.step > 10 else (0.0, 0)  # step 10 is always reported
+                per_step = (p.elapsed - t0) / (p.step - s0)
                 self.progress(Event("estimate", info={"seconds": per_step * (self.total - p.step)}))
         if steps:
             result = fit(job0.config, target, job0.settings, job0.fit_sr, init=start, compile=use_compile,

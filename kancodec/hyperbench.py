@@ -33,8 +33,6 @@ from .fitqueue import RandomInit, start_for
 from .hyper import load
 from .train import clip_scores
 
-DEFAULT_CURVE = (0, 10, 30, 100, 300)
-
 
 def run_hyper_bench(data: str | Path, model_name: str, clips: int = 4, refine: int = 300, max_steps: int = 1000,
                     device: str | None = None, compile: bool = True, log=print, curve: tuple[int, ...] = (),

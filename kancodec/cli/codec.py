@@ -145,7 +145,7 @@ def encode(
         options = dict(preset_name=None if preset == "auto" else preset, steps=steps, lr=lr,
                        bits=int(bits) if ae and bits is not None and bits.is_integer() else bits, kbps=kbps,
                        config=config, fit_sr=fit_sr, chunk=chunk, overlap=overlap, seed=seed, hyper=hyper,
-                       refine=refine, start=None if start == "random" else start, ae=ae, codebooks=codebooks)
+                       refine=refine, start=start, ae=ae, codebooks=codebooks)
         if len(inputs) == 1 and not inputs[0].is_dir() and batch.distributed()[1] == 1:
             return _encode_one(inputs[0], output, options, console, quiet, device, use_compile, force)
         _encode_many(inputs, output, options, console, quiet, device, use_compile, force)

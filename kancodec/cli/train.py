@@ -105,13 +105,8 @@ def train_hyper(
         settings = TrainSettings(steps=steps, batch=batch, lr=lr, loss_window=loss_window,
                                  spectral_weight=spectral_weight, val_every=val_every,
                                  checkpoint_every=checkpoint_every, val_fraction=val_fraction, split=split, seed=seed)
-        rep = TrainReporter(console, quiet)
-        try:
-            summary = run_training(data, output, config, settings, device=device, resume=resume, force=force,
-                                   compile=use_compile, progress=rep)
-        finally:
-            rep.close()
-        trained(console, summary)
+        report(console, quiet, run_training, data, output, config, settings, device=device, resume=resume,
+               force=force, compile=use_compile)
 
 
 @app.command("train-theta")
@@ -157,13 +152,18 @@ def train_theta(
         settings = TrainSettings(steps=steps, batch=batch, lr=lr, weight_decay=0.0, loss_window=loss_window,
                                  spectral_weight=spectral_weight, val_every=val_every, val_clips=THETA_TRAIN.val_clips,
                                  checkpoint_every=checkpoint_every, val_fraction=val_fraction, split=split, seed=seed)
-        rep = TrainReporter(console, quiet)
-        try:
-            summary = run_training(data, output, config, settings, device=device, resume=resume, force=force,
-                                   compile=use_compile, progress=rep)
-        finally:
-            rep.close()
-        trained(console, summary)
+        report(console, quiet, run_training, data, output, config, settings, device=device, resume=resume,
+               force=force, compile=use_compile)
+
+
+def report(console: Console, quiet: bool, run_training, *args, **kwargs) -> None:
+    """Run one of kancodec.train's trainings with a progress display, then say what it wrote."""
+    rep = TrainReporter(console, quiet)
+    try:
+        summary = run_training(*args, progress=rep, **kwargs)
+    finally:
+        rep.close()
+    trained(console, summary)
 
 
 def trained(console: Console, summary: dict) -> None:
@@ -219,9 +219,5 @@ def train_ae(
         settings = TrainSettings(steps=steps, batch=batch, lr=lr, loss_window=crop, spectral_weight=spectral_weight,
                                  val_every=val_every, checkpoint_every=checkpoint_every, val_fraction=val_fraction,
                                  split=split, seed=seed)
-        rep = TrainReporter(console, quiet)
-        try:
-            summary = run_training(data, output, config, settings, device=device, resume=resume, force=force, progress=rep)
-        finally:
-            rep.close()
-        trained(console, summary)
+        report(console, quiet, run_training, data, output, config, settings, device=device, resume=resume,
+               force=force)
