@@ -151,3 +151,20 @@ def test_cli_bench_hyper_curve_errors(corpus):
     assert_one_line_error(cli("bench", "hyper", corpus, "--curve", "0,ten"), 2, "--curve", "0,10,30")
     assert_one_line_error(cli("bench", "hyper", corpus, "--curve", "0,-5"), 2, "--curve")
     assert_one_line_error(cli("bench", "hyper", corpus, "--max-steps", "-1"), 2, "--max-steps")
+
+
+def test_auto_start_falls_back_on_a_damaged_theta(tmp_path, speech, monkeypatch):
+    """--start auto with a broken theta-kan in the user's folder: a warning naming it, then random."""
+    users = tmp_path / "users"
+    users.mkdir()
+    good = tmp_path / "t.safetensors"
+    theta.save(theta.Theta(TINY_THETA), good)
+    (users / f"{fitqueue.AUTO_START}.safetensors").write_bytes(good.read_bytes()[:-9])
+    monkeypatch.setattr(modelfile, "user_models_dir", lambda: users)
+    opts = dict(config=TINY_T, chunk=2048, overlap=128, compile=False, device="cpu", bits=32)
+    with pytest.warns(UserWarning, match="starting from random weights"):
+        kf = api.encode(speech[0][:, :6000], 22050, steps=0, start="auto", **opts)
+    assert "start" not in kf.encode
+    from kancodec.errors import FormatError
+    with pytest.raises(FormatError, match="truncated|damaged"):  # asked for by name, the same file is an error
+        api.encode(speech[0][:, :6000], 22050, steps=0, start=str(users / f"{fitqueue.AUTO_START}.safetensors"), **opts)
