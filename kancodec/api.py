@@ -37,7 +37,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
            overlap: int | None = None, seed: int | None = None, device: str | torch.device | None = None,
            compile: bool | str | None = None, batch: int | None = None,
            hyper: str | Path | None = None, refine: int | None = None, start: str | Path | None = None,
-           ae: str | Path | None = None, codebooks: int | None = None,
+           postfilter: bool | None = None, ae: str | Path | None = None, codebooks: int | None = None,
            progress: Progress | None = None) -> Encoded:
     """Encode an audio file or array: fit KAN INRs (default), predict them with a FewSound
     hypernetwork (``hyper``), or code with a trained autoencoder (``ae``).
@@ -65,6 +65,8 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         start: where fitting starts: ``"random"`` (default), ``"auto"`` (the learned start
             ``theta-kan`` from ``train-theta`` when it was learned for this network, rate and
             window; else random), or a θ model's name or path.
+        postfilter: store the post-filter, 16 band gains per window that the decoder applies
+            (default True; :mod:`kancodec.postfilter`). False leaves the networks' output as it is.
         ae: an autoencoder model (name or path): code the audio with it instead of fitting
             (only ``codebooks``, ``bits`` and ``device`` apply).
         codebooks: with ``ae`` and a vq model: codebooks to keep (default all).
@@ -75,7 +77,8 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
     start = None if start == "random" else start
     fitting = {"kbps": kbps, "preset_name": preset_name, "steps": steps, "lr": lr, "config": config, "fit_sr": fit_sr,
                "chunk": chunk, "overlap": overlap, "seed": seed, "compile": compile, "batch": batch,
-               "hyper": hyper, "refine": refine, "start": start}
+               "hyper": hyper, "refine": refine, "start": start,
+               "postfilter": postfilter}
     given = {k: v for k, v in fitting.items() if v is not None}
     if ae is None and codebooks is not None:
         raise OptionError("{codebooks} needs {ae} MODEL (e.g. {ae} krvq)", "codebooks", "ae")

@@ -200,6 +200,7 @@ class Job:
     preset_name: str
     device: torch.device
     name: str = ""
+    postfilter: bool = True  # measure and store the post-filter (:mod:`kancodec.postfilter`)
     fitted: dict = field(default_factory=dict)  # {name: (C × W, …)} on the CPU; silence stays 0
     depths: np.ndarray | None = None  # (C × W,)
     left: int = 0  # active windows not fitted yet

@@ -23,7 +23,7 @@ import numpy as np
 import soxr
 import torch
 
-from . import __version__, entropy, inr, schema
+from . import __version__, entropy, inr, postfilter, schema
 from .audio import n_windows, resample
 from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
 from .errors import FormatError, OptionError
@@ -31,7 +31,7 @@ from .fit import preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, flatten, from_container, store
 from .fitqueue import FitQueue, HyperInit, Job, cut, start_for
 from .rate import Budget, check_kbps, choose_config, land
-from .inrdecode import eval_windows as _eval_windows
+from .inrdecode import eval_windows as _eval_windows, post_codes
 from .schema import MAX_CHUNK
 from .runtime import Event, Progress, tune_allocator
 
@@ -112,7 +112,7 @@ class InrCodec:
              config: inr.INR | None = None, fit_sr: int | None = None,
              chunk: int | None = None, overlap: int | None = None, seed: int = 0,
              device: torch.device, hyper: str | Path | None = None, refine: int | None = None,
-             start: str | Path | None = None, name: str = "") -> Job:
+             start: str | Path | None = None, postfilter: bool = True, name: str = "") -> Job:
         """Check the options and cut the audio: the :class:`~kancodec.fitqueue.Job` a
         :class:`~kancodec.fitqueue.FitQueue` fits and :meth:`finish` stores. Every option
         error is raised here, before any fitting."""
@@ -166,7 +166,7 @@ class InrCodec:
         budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config)
         return Job(x=x, sr=int(sr), w=w, config=config, settings=settings, init=init, fit_sr=fit_sr, chunk=chunk,
                    overlap=overlap, bits=bits, budget=budget, kbps=kbps, preset_name=preset_name, device=device,
-                   name=name)
+                   name=name, postfilter=bool(postfilter))
 
     def finish(self, job: Job, use_compile: bool, seconds: float) -> KanFile:
         """A fitted :class:`~kancodec.fitqueue.Job` -> its :class:`KanFile` (depths landed on
@@ -193,6 +193,8 @@ class InrCodec:
             "kancodec": __version__, "preset": resolve_preset(preset_name, device), "settings": asdict(settings),
             "device": str(device), "compile": use_compile, "seconds": round(seconds, 1),
             **({init.meta_key: made} if made else {}), **({"kbps_target": kbps} if kbps is not None else {})}, scheme)
+        if job.postfilter:
+            kf.tensors["post"] = postfilter.pack(post_codes(kf, w.rows, device))
         kf.encode.update(measure_blocks(self.stream(kf, fit_sr, device=device), w.xf))  # what the file holds
         return kf
 
@@ -241,6 +243,8 @@ class InrCodec:
         return {"format": TAG, "audio": {**a.__dict__, "duration": a.duration}, "inr": kf.config.to_dict(),
                 "params_per_window": kf.config.n_params, "networks": a.channels * a.windows, "bits": kf.bits,
                 "quant": kf.scheme, "bits_per_weight": round(kf.bits_per_weight(), 3),
+                **({} if kf.post is None else {"postfilter": {"bands": postfilter.BANDS, "step_db": postfilter.STEP_DB,
+                                                             "windows_changed": _changed(kf)}}),
                 **bitrate(size, kf), **integrity(kf), "encode": kf.encode}
 
     def summary(self, kf: KanFile, size: int) -> list[tuple[str, str]]:
@@ -255,6 +259,8 @@ class InrCodec:
             ("weights", f"depth {kf.bits} bits, " + (f"entropy-coded: {kf.bits_per_weight():.2f} bits per weight"
                                                      if kf.scheme != "affine-per-row" else "fixed-length")),
         ]
+        rows.append(("post-filter", "none" if kf.post is None else
+                     f"{postfilter.BANDS} band gains per window ({_changed(kf)} of {kf.post.shape[0]} windows changed)"))
         if "snr_db" in e:
             rows.append(("quality", f"SNR {fact(e, 'snr_db', '.2f')} dB, SI-SNR {fact(e, 'si_snr_db', '.2f')} dB "
                                     f"(decoded file vs input at {a.fit_sr} Hz)"))
@@ -275,6 +281,11 @@ class InrCodec:
 
     def brief(self, kf: KanFile) -> dict:
         return {"label": f"{kf.config.arch}, {kf.bits} bits", "bits": kf.bits, "arch": kf.config.arch}
+
+
+def _changed(kf: KanFile) -> int:
+    """Windows the post-filter changes (some band gain other than unity)."""
+    return int((kf.post != postfilter.UNITY).any(-1).sum())
 
 
 def _short(e: dict, kbps: float) -> bool:

@@ -12,8 +12,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import inr, threads
+from . import inr, postfilter, threads
 from .audio import crossfade_weights
+from .fit import time_grid
 from .inrfile import KanFile
 from .runtime import Event, Progress, tune_allocator, want_compile
 from .schema import check_decode_work
@@ -54,7 +55,7 @@ def eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compil
         if not gains[:, ws].any():  # silence costs nothing: its samples are 0 whatever the networks say
             y = np.zeros((a.channels, len(ws), span))
         else:
-            y = _forward(kf, rows, t, dev, features, fn, len(ws), cache if shared else None)
+            y = _forward(kf, rows, t, dev, features, fn, len(ws), cache if shared else None, out_sr)
         end = min(n_out, int(m[-1, -1]) + 1)
         if end - base > out.shape[1]:  # room for the samples this batch reaches
             grow = end - base - out.shape[1]
@@ -78,9 +79,10 @@ def eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compil
 
 
 def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, features, fn, n_ws: int,
-             cache: dict | None) -> np.ndarray:
-    """The networks ``rows`` at local times ``t`` ``(w, span)`` -> ``(C, w, span)`` float64;
-    ``cache`` (given when every window sees the same grid) keeps the first layer's features."""
+             cache: dict | None, out_sr: int) -> np.ndarray:
+    """The networks ``rows`` at local times ``t`` ``(w, span)`` (samples at ``out_sr``), their
+    post-filter applied -> ``(C, w, span)`` float64; ``cache`` (given when every window sees
+    the same grid) keeps the first layer's features."""
     config, a = kf.config, kf.audio
     p = {k: v.to(dev) for k, v in kf.params(rows).items()}
     with torch.inference_mode():
@@ -91,4 +93,27 @@ def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, 
         else:  # (rows, span, F): row i is window ws[i % w] of channel i // w
             feats = features(config, t)[torch.arange(len(rows)) % n_ws]
         y = inr.forward_chunked(config, p, feats, fn)
+        if kf.post is not None:
+            y = postfilter.apply(y, kf.post[rows], out_sr, a.fit_sr)
     return y.reshape(a.channels, n_ws, -1).cpu().double().numpy()
+
+
+def post_codes(kf: KanFile, originals, device: torch.device, per_batch: int = 16) -> np.ndarray:
+    """The post-filter's codes ``(C × W, BANDS)`` uint8 for a file without them: each sounding
+    window decoded on its fitted grid (as :func:`eval_windows` evaluates it at the fitted
+    rate) against ``originals(rows)``, the windows as they were fitted ``(len(rows), chunk)``
+    (before their gains). Silent windows keep unity gain."""
+    a, config = kf.audio, kf.config
+    codes = np.full((a.channels * a.windows, postfilter.BANDS), postfilter.UNITY, np.uint8)
+    active = np.flatnonzero(kf.gains > 0)
+    if active.size == 0:
+        return codes
+    feats = inr.input_features(config, time_grid(a.chunk, device))
+    for i in range(0, active.size, per_batch):
+        rows = active[i:i + per_batch]
+        p = {k: v.to(device) for k, v in kf.params(rows).items()}
+        with torch.inference_mode():
+            y = inr.forward_chunked(config, p, feats)
+        x = torch.from_numpy(np.asarray(originals(rows), np.float64) / kf.gains[rows, None]).to(device)
+        codes[rows] = postfilter.measure(y, x, a.fit_sr)
+    return codes

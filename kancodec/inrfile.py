@@ -1,4 +1,4 @@
-"""``.kan`` files of INR weights (format tag ``"kancodec-inr"``, version 3; 1 and 2 are read).
+"""``.kan`` files of INR weights (format tag ``"kancodec-inr"``, version 4; 1 to 3 are read).
 
 The container (:mod:`kancodec.container`) holds, besides its own tag, version and checksum:
 
@@ -26,6 +26,10 @@ step per network and row ``R`` (the parameter's first axis, a layer input):
 value = lo + q × step (see ``quant.quantise``). The parameters a family lists in its
 ``keep_float`` (the first layer of ``siren``, ``finer`` and ``wire``; none for ``kan``) are
 always stored as float32 ``q.<name>`` without ``lo``/``step``.
+
+Version 4 (the same as 3 otherwise) may hold ``post`` ``(B, 8)`` uint8, the post-filter's
+16 band-gain codes of each network, two 4-bit codes per byte (:mod:`kancodec.postfilter`); without it the decoder applies
+none. Earlier versions have no post-filter, and a ``post`` tensor in one is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from . import container, entropy, inr, schema
+from . import container, entropy, inr, postfilter, schema
 from .codec import Encoded
 from .errors import FormatError
 from .quant import BITS_CHOICES, dequantise, packed_size, quantise
@@ -78,6 +82,12 @@ class KanFile(Encoded):
     @property
     def gains(self) -> np.ndarray:
         return self.tensors["gain"]
+
+    @property
+    def post(self) -> np.ndarray | None:
+        """The post-filter's codes ``(C × W, BANDS)`` (:mod:`kancodec.postfilter`), or None."""
+        packed = self.tensors.get("post")
+        return None if packed is None else postfilter.unpack(packed)
 
     def params(self, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32, or
@@ -161,7 +171,22 @@ def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: 
                          f"per window to decode at {audio.sample_rate} Hz (at most {schema.MAX_WORK_BYTES >> 30} GiB)")
     kf = KanFile(config, audio, bits, tensors, container.field(meta, "encode", where), scheme)
     _check_shapes(kf, where)
+    if "post" in tensors:
+        _check_post(kf, where, meta.get(container.PREFIX + "version") not in ("1", "2", "3"))
     return kf
+
+
+def _check_post(kf: KanFile, where: str, v4: bool) -> None:
+    """The post-filter's codes: version 4 on, one row of :data:`~kancodec.postfilter.BANDS`
+    4-bit codes per network, two to a byte (any byte is valid)."""
+    if not v4:
+        raise FormatError(f"{where}: a post-filter (tensor post) in a file of a version before 4, which has none; "
+                          "the file is damaged or crafted, re-encode the audio")
+    shape = (kf.audio.channels * kf.audio.windows, postfilter.BANDS // 2)
+    t = kf.tensors["post"]
+    if tuple(t.shape) != shape or t.dtype != np.uint8:
+        raise FormatError(f"{where}: tensor post is {t.dtype}{list(t.shape)}, the file needs uint8{list(shape)}; "
+                          "the file is damaged, re-encode it")
 
 
 def _check_shapes(kf: KanFile, where: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import entropy, inr
+from . import entropy, inr, postfilter
 from .errors import OptionError
 from .inrfile import coded_names, coded_weights, flatten
 
@@ -35,10 +35,11 @@ MIN_BITS_PER_WEIGHT = 5.5
 
 
 def network_bytes(config: inr.INR) -> int:
-    """The fixed cost of one network: gain and stream length (4 + 4 bytes), and per coded
-    tensor its step (4) and the coder's m, K, j (2 each); float-kept tensors in full."""
+    """The fixed cost of one network: gain and stream length (4 + 4 bytes), the post-filter's
+    codes (half a byte per band), and per coded tensor its step (4) and the coder's m, K, j (2
+    each); float-kept tensors in full."""
     shapes = inr.stored_shapes(config)
-    return 8 + 10 * len(coded_names(config)) + sum(4 * math.prod(shapes[n]) for n in config.keep_float)
+    return 8 + postfilter.BANDS // 2 + 10 * len(coded_names(config)) + sum(4 * math.prod(shapes[n]) for n in config.keep_float)
 
 
 def check_kbps(kbps: float) -> float:

@@ -114,6 +114,9 @@ def encode(
     start: str = typer.Option("random", "--start", metavar="random|auto|MODEL", help="Where fitting starts: random "
                               "weights (default), auto (the learned start θ-kan from train-theta when it was learned "
                               "for this network, rate and window; else random), or a θ model name or path."),
+    postfilter: bool = typer.Option(True, "--postfilter/--no-postfilter", help="Store 16 band gains per window "
+                                    "that the decoder applies, measured against the input: they turn down the bands "
+                                    "the networks only fill with noise (8 bytes per window; see README, Bits)."),
     ae: Optional[str] = typer.Option(None, "--ae", metavar="MODEL", help="Code with a KAN autoencoder instead of "
                                      f"fitting: {DEFAULT_MODEL} (bundled; the model train-ae saves by default), another "
                                      "model name, or a .safetensors path. Low bitrate; the .kan file needs the same "
@@ -145,7 +148,8 @@ def encode(
         options = dict(preset_name=None if preset == "auto" else preset, steps=steps, lr=lr,
                        bits=int(bits) if ae and bits is not None and bits.is_integer() else bits, kbps=kbps,
                        config=config, fit_sr=fit_sr, chunk=chunk, overlap=overlap, seed=seed, hyper=hyper,
-                       refine=refine, start=start, ae=ae, codebooks=codebooks)
+                       refine=refine, start=start, postfilter=None if postfilter else False, ae=ae,
+                       codebooks=codebooks)
         if len(inputs) == 1 and not inputs[0].is_dir() and batch.distributed()[1] == 1:
             return _encode_one(inputs[0], output, options, console, quiet, device, use_compile, force)
         _encode_many(inputs, output, options, console, quiet, device, use_compile, force)

@@ -58,7 +58,7 @@ HYPER_DEFAULT = "fewsound-kan"
 
 #: library parameters whose option is not simply ``--name-with-dashes``
 FLAGS = {"preset_name": "--preset", "config": "--arch/--n-freqs/--hidden/--grid/--order",
-         "commitment": "commitment", "ema_decay": "ema_decay", "quantizer_dropout": "quantizer_dropout"}
+         "postfilter": "--no-postfilter", "commitment": "commitment", "ema_decay": "ema_decay", "quantizer_dropout": "quantizer_dropout"}
 
 
 def flag(param: str) -> str:
