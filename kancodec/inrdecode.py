@@ -44,6 +44,7 @@ def eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compil
     gains = kf.gains.reshape(a.channels, a.windows)
     per_batch = max(1, int(4 * 32768 / span / a.channels)) if dev.type == "cpu" else 64
     cache: dict = {}  # the shared features, when every window sees the same local grid
+    post = kf.post  # unpacked once, not per batch
     for w0 in range(0, a.windows, per_batch):
         if dev.type == "cpu":
             threads.update()
@@ -55,7 +56,7 @@ def eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compil
         if not gains[:, ws].any():  # silence costs nothing: its samples are 0 whatever the networks say
             y = np.zeros((a.channels, len(ws), span))
         else:
-            y = _forward(kf, rows, t, dev, features, fn, len(ws), cache if shared else None, out_sr)
+            y = _forward(kf, rows, t, dev, features, fn, len(ws), cache if shared else None, out_sr, post)
         end = min(n_out, int(m[-1, -1]) + 1)
         if end - base > out.shape[1]:  # room for the samples this batch reaches
             grow = end - base - out.shape[1]
@@ -79,10 +80,11 @@ def eval_windows(kf: KanFile, out_sr: int, n_out: int, dev: torch.device, compil
 
 
 def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, features, fn, n_ws: int,
-             cache: dict | None, out_sr: int) -> np.ndarray:
-    """The networks ``rows`` at local times ``t`` ``(w, span)`` (samples at ``out_sr``), their
-    post-filter applied -> ``(C, w, span)`` float64; ``cache`` (given when every window sees
-    the same grid) keeps the first layer's features."""
+             cache: dict | None, out_sr: int, post: np.ndarray | None) -> np.ndarray:
+    """The networks ``rows`` at local times ``t`` ``(w, span)`` (samples at ``out_sr``), with
+    the post-filter's codes ``post`` (``kf.post``, all networks) applied -> ``(C, w, span)``
+    float64; ``cache`` (given when every window sees the same grid) keeps the first layer's
+    features."""
     config, a = kf.config, kf.audio
     p = {k: v.to(dev) for k, v in kf.params(rows).items()}
     with torch.inference_mode():
@@ -93,8 +95,8 @@ def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, 
         else:  # (rows, span, F): row i is window ws[i % w] of channel i // w
             feats = features(config, t)[torch.arange(len(rows)) % n_ws]
         y = inr.forward_chunked(config, p, feats, fn)
-        if kf.post is not None:
-            y = postfilter.apply(y, kf.post[rows], out_sr, a.fit_sr)
+        if post is not None:
+            y = postfilter.apply(y, post[rows], out_sr, a.fit_sr)
     return y.reshape(a.channels, n_ws, -1).cpu().double().numpy()
 
 

@@ -47,8 +47,9 @@ def band_edges(fit_sr: int) -> np.ndarray:
     return 700.0 * (10.0 ** (np.linspace(0.0, top, BANDS + 1) / 2595.0) - 1.0)
 
 
-def _n_fft(sr: int) -> int:
-    return 2 * max(16, round(N_FFT_22K / 2 * sr / 22050))
+def _n_fft(sr: int, n: int) -> int:
+    """The STFT length at ``sr`` for windows of ``n`` samples (no longer than the window)."""
+    return min(2 * max(16, round(N_FFT_22K / 2 * sr / 22050)), 2 * (n // 2))
 
 
 def _bands(n_fft: int, sr: int, fit_sr: int) -> torch.Tensor:
@@ -70,7 +71,7 @@ def measure(decoded: torch.Tensor, original: torch.Tensor, fit_sr: int) -> np.nd
     ``original`` on the same scale) -> ``(B, BANDS)`` uint8. A band the decoded window leaves
     empty keeps unity gain."""
     decoded, original = decoded.double(), original.double()
-    n_fft = min(_n_fft(fit_sr), 2 * (decoded.shape[-1] // 2))
+    n_fft = _n_fft(fit_sr, decoded.shape[-1])
     band = _bands(n_fft, fit_sr, fit_sr).to(decoded.device)
     y, x = _stft(decoded, n_fft), _stft(original, n_fft)  # (B, bins, frames)
     cross = (x * y.conj()).real.sum(-1)  # (B, bins)
@@ -112,7 +113,7 @@ def apply(y: torch.Tensor, codes: np.ndarray, sr: int, fit_sr: int) -> torch.Ten
     change = np.flatnonzero((codes != UNITY).any(-1))
     if change.size == 0 or y.shape[-1] < 4:
         return y
-    n_fft = min(_n_fft(sr), 2 * (y.shape[-1] // 2))
+    n_fft = _n_fft(sr, y.shape[-1])
     band = _bands(n_fft, sr, fit_sr).to(y.device)
     g = np.concatenate([gains(codes[change]), np.ones((change.size, 1))], axis=1)  # the last: above fit_sr / 2
     per_bin = torch.from_numpy(g).to(device=y.device)[:, band]  # (b, bins)
