@@ -132,3 +132,10 @@ def test_a_post_filter_in_an_older_version_is_refused(pair, tmp_path):
     assert res.exit_code == 0, res.output
     (tmp_path / "bad.kan").write_bytes(data)
     assert_one_line_error(cli("decode", tmp_path / "bad.kan", "-o", tmp_path / "bad.wav"), 4, "version before 4")
+
+
+def test_no_postfilter_with_an_autoencoder_is_one_line(tmp_path, speech_wav):
+    out = tmp_path / "a.kan"
+    assert_one_line_error(cli("encode", speech_wav, "-o", out, "--ae", "krvq", "--no-postfilter"), 2,
+                          "--ae", "drop --no-postfilter")
+    assert not out.exists()
