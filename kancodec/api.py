@@ -53,7 +53,9 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         kbps: target bitrate of the file: chooses the depth (and, for speech-rate targets,
             the fitting rate) so that the file lands within 10 % of it (INR codec only).
         config: the INR (default: the paper's KAN, :class:`~kancodec.inr.KANConfig`).
-        fit_sr: sample rate to fit at (default: the input's); lower trades bandwidth for bits.
+        fit_sr: sample rate to fit at; lower trades bandwidth for bits. Default: the input's,
+            or just below it when that saves a nearly empty last window
+            (:func:`kancodec.audio.tile_rate`; not with ``hyper`` or ``start``).
         chunk, overlap: window length (default 32,768) and cross-fade (default 1,024), in
             samples at ``fit_sr``.
         seed: random seed of the initial networks (default 0).

@@ -201,13 +201,21 @@ class Job:
     device: torch.device
     name: str = ""
     postfilter: bool = True  # measure and store the post-filter (:mod:`kancodec.postfilter`)
+    tiled: bool = False  # fit_sr was lowered so one window fewer holds the file (:func:`kancodec.audio.tile_rate`)
     fitted: dict = field(default_factory=dict)  # {name: (C × W, …)} on the CPU; silence stays 0
     depths: np.ndarray | None = None  # (C × W,)
     left: int = 0  # active windows not fitted yet
 
+    @property
+    def loss_sr(self) -> int:
+        """The rate the loss's mel filters assume: the input's when :func:`~kancodec.audio.tile_rate`
+        lowered the fitting rate (bands at most 20 % off in Hz, harmless to a fit), so that
+        files at one input rate share batches whatever rate each was tiled to."""
+        return self.sr if self.tiled else self.fit_sr
+
     def key(self) -> tuple:
         """Jobs with equal keys may share batches."""
-        return (self.config, self.settings, self.fit_sr, self.chunk, self.bits == 32, self.init.key)
+        return (self.config, self.settings, self.loss_sr, self.chunk, self.bits == 32, self.init.key)
 
     def start(self) -> None:
         n = self.w.gains.shape[0]
@@ -266,7 +274,7 @@ class FitQueue:
         made = job.init.describe()
         return {"windows": int(job.w.gains.shape[0]), "active": int(active), "batches": math.ceil(active / bsz),
                 "batch": bsz, "steps": job.settings.steps, "device": str(self.device), "compile": use,
-                "fit_sr": job.fit_sr, "hyper": made["model"] if job.init.meta_key == "hyper" else None,
+                "fit_sr": job.fit_sr, "sr": job.sr, "tiled": job.tiled, "hyper": made["model"] if job.init.meta_key == "hyper" else None,
                 "start": made["model"] if job.init.meta_key == "start" else None,
                 "memory_gb": round((fit_memory(self.device, job.chunk, min(bsz, max(1, active)), use,
                                                memory_scale(job.config)) + 3 * job.w.xf.nbytes) / 1e9, 2)}
@@ -321,7 +329,7 @@ class FitQueue:
                 per_step = (p.elapsed - t0) / (p.step - s0)
                 self.progress(Event("estimate", info={"seconds": per_step * (self.total - p.step)}))
         if steps:
-            result = fit(job0.config, target, job0.settings, job0.fit_sr, init=start, compile=use_compile,
+            result = fit(job0.config, target, job0.settings, job0.loss_sr, init=start, compile=use_compile,
                          progress=reporter if self.progress else None, bits=depth)
             params, chosen = result.params, result.bits
         else:

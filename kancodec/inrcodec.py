@@ -24,7 +24,7 @@ import soxr
 import torch
 
 from . import __version__, entropy, inr, postfilter, schema
-from .audio import n_windows, resample
+from .audio import n_windows, resample, tile_rate
 from .codec import bitrate, fact, fit_length, integrity, integrity_rows, measure_blocks
 from .errors import FormatError, OptionError
 from .fit import preset, preset_name as resolve_preset
@@ -149,7 +149,8 @@ class InrCodec:
         if not 256 <= chunk <= MAX_CHUNK or not 0 <= overlap < chunk // 2:
             raise OptionError(f"{{chunk}} {chunk} / {{overlap}} {overlap}: need 256 <= {{chunk}} <= {MAX_CHUNK:,} and "
                               f"0 <= {{overlap}} < {{chunk}}/2", "chunk", "overlap")
-        fit_sr = int(sr if fit_sr is None else fit_sr)
+        tiled = fit_sr is None and hyper is None and start is None  # models fix their rate; a given rate is kept
+        fit_sr = tile_rate(x.shape[1], int(sr), chunk, overlap) if tiled else int(sr if fit_sr is None else fit_sr)
         if not 1000 <= fit_sr <= 192000:
             raise OptionError(f"{{fit_sr}} {fit_sr}: must be between 1000 and 192000 Hz", "fit_sr")
         settings = replace(preset(preset_name, device, config), seed=seed,
@@ -166,7 +167,7 @@ class InrCodec:
         budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config)
         return Job(x=x, sr=int(sr), w=w, config=config, settings=settings, init=init, fit_sr=fit_sr, chunk=chunk,
                    overlap=overlap, bits=bits, budget=budget, kbps=kbps, preset_name=preset_name, device=device,
-                   name=name, postfilter=bool(postfilter))
+                   name=name, postfilter=bool(postfilter), tiled=tiled and fit_sr != sr)
 
     def finish(self, job: Job, use_compile: bool, seconds: float) -> KanFile:
         """A fitted :class:`~kancodec.fitqueue.Job` -> its :class:`KanFile` (depths landed on

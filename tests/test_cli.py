@@ -65,8 +65,13 @@ def test_info_table_names_the_facts(kan):
 def test_encode_prints_a_summary_with_bitrate_and_quality(tmp_path, tone_wav):
     res = cli("encode", tone_wav, "-o", tmp_path / "a.kan", *TINY_ARGS)
     assert res.exit_code == 0
-    for word in ("kbps", "SI-SNR", "fitting 3 of 3 windows"):
-        assert word in res.stderr, word
+    # 4,000 samples in windows of 2,048 overlapping by 128 would be 3 windows, the third holding
+    # 32 new samples: the rate is lowered so that 2 hold the file, and the summary says so
+    for word in ("kbps", "SI-SNR", "fitting 2 of 2 windows at 7936 Hz", "fitting rate lowered from 8000 Hz",
+                 "--fit-sr 8000 keeps it"):
+        assert word in " ".join(res.stderr.split()), word
+    res = cli("encode", tone_wav, "-o", tmp_path / "b.kan", *TINY_ARGS, "--fit-sr", 8000)
+    assert res.exit_code == 0 and "fitting 3 of 3 windows at 8000 Hz" in res.stderr and "lowered" not in res.stderr
 
 
 def test_missing_input(tmp_path):

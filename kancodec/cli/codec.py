@@ -55,6 +55,9 @@ class FitReporter(Reporter):
                                    f"{i['batches']} batch(es) of up to {i['batch']} on {i['device']}, "
                                    f"~{i['memory_gb']:.1f} GB"
                                    + (" (compiling the model first, ~10-30 s)" if i["compile"] else ""))
+                if i.get("tiled"):
+                    self.console.print(f"(fitting rate lowered from {i['sr']} Hz so that {i['windows']} window(s) hold "
+                                       f"the whole file; --fit-sr {i['sr']} keeps it)", markup=False, highlight=False)
             if ev.total:
                 self.open_bar("fit", ev.total)
         elif ev.stage == "estimate":
@@ -89,8 +92,9 @@ def encode(
                                          "bits per stored latent (kae/kvae)."),
     kbps: Optional[float] = typer.Option(None, "--kbps", "-k", help="Target bitrate: the depth is chosen so the file "
                                          "lands within 10% of it (the summary says what it chose). Instead of --bits."),
-    fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate (default: the input's). Lower = fewer windows "
-                                         "and bits, less bandwidth."),
+    fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate. Lower = fewer windows and bits, less "
+                                         "bandwidth. Default: the input's, or up to 20% lower when that saves a nearly "
+                                         "empty last window (give the input's rate to keep it)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Window length in samples at the fitting rate "
                                         "(default 32768)."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Cross-fade between windows, in samples (default 1024)."),
