@@ -50,8 +50,8 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         steps, lr: override the preset's.
         bits: quantisation depth of the stored weights (default 8; see ``quant``): with the
             entropy coder fractional depths are allowed and each bit less halves the step.
-        kbps: target bitrate of the file: chooses the depth (and, for speech-rate targets,
-            the fitting rate) so that the file lands within 10 % of it (INR codec only).
+        kbps: target bitrate of the file: chooses the depth (and, unless ``config`` is given,
+            the KAN's width) so that the file lands within 10 % of it (INR codec only).
         config: the INR (default: the paper's KAN, :class:`~kancodec.inr.KANConfig`).
         fit_sr: sample rate to fit at; lower trades bandwidth for bits. Default: the input's,
             or just below it when that saves a nearly empty last window
