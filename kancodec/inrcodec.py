@@ -30,7 +30,7 @@ from .errors import FormatError, OptionError
 from .fit import preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, flatten, from_container, store
 from .fitqueue import FitQueue, HyperInit, Job, cut, start_for
-from .rate import Budget, check_kbps, choose_config, land
+from .rate import Budget, check_kbps, choose_config, land, regime
 from .inrdecode import eval_windows as _eval_windows, post_codes
 from .schema import MAX_CHUNK
 from .runtime import Event, Progress, tune_allocator
@@ -144,7 +144,8 @@ class InrCodec:
                               "refine", "hyper")
         chosen = config is None and kbps is not None  # --kbps chooses the width too
         config = config or inr.KANConfig()
-        chunk = DEFAULT_CHUNK if chunk is None else chunk
+        if chunk is None:
+            chunk = (regime(kbps).chunk if chosen else None) or DEFAULT_CHUNK
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
         if not 256 <= chunk <= MAX_CHUNK or not 0 <= overlap < chunk // 2:
             raise OptionError(f"{{chunk}} {chunk} / {{overlap}} {overlap}: need 256 <= {{chunk}} <= {MAX_CHUNK:,} and "

@@ -28,10 +28,32 @@ from .inrfile import coded_names, coded_weights, flatten
 HEADER_BYTES = 140
 #: the lowest and highest targets accepted, kbps
 MIN_KBPS, MAX_KBPS = 1.0, 10_000.0
-#: the KAN widths ``--kbps`` chooses among (widest first), and the coded bits per weight the
-#: chosen one must get at least (see :func:`choose_config` for the measurements)
-LADDER = ((48, 24, 12), (32, 16, 8), (24, 12, 6), (16, 8))
+#: the coded bits per weight the network ``--kbps`` chooses must get at least (see :func:`choose_config`)
 MIN_BITS_PER_WEIGHT = 5.5
+#: targets below this many kbps fit :data:`HALF` windows, the others :data:`FULL` ones
+HALF_WINDOW_BELOW = 64.0
+
+
+@dataclass(frozen=True)
+class Regime:
+    """What ``--kbps`` fits at a range of targets, where no architecture is given: the window
+    length (samples at the fitting rate; None: the default), the positional encoding's length
+    L, and the KAN widths to choose among (widest first)."""
+
+    chunk: int | None
+    n_freqs: int
+    ladder: tuple[tuple[int, ...], ...]
+
+
+#: the paper's window and L, as measured for 96 kbps (see :func:`choose_config`)
+FULL = Regime(None, 10, ((48, 24, 12), (32, 16, 8), (24, 12, 6), (16, 8)))
+#: half the paper's window, L = 7 and narrower networks, as measured for 24 and 48 kbps
+HALF = Regime(16384, 7, ((32, 16, 8), (28, 14, 7), (24, 12, 6), (20, 10, 5), (16, 8, 4), (12, 6, 3), (10, 5), (8, 4)))
+
+
+def regime(kbps: float) -> Regime:
+    """The :class:`Regime` for a ``--kbps`` target."""
+    return HALF if kbps < HALF_WINDOW_BELOW else FULL
 
 
 def network_bytes(config: inr.INR) -> int:
@@ -77,9 +99,29 @@ class Budget:
 
 
 def choose_config(kbps: float, seconds: float, networks: int, active: int) -> inr.INR:
-    """The widest KAN of :data:`LADDER` whose weights get at least :data:`MIN_BITS_PER_WEIGHT`
-    at ``kbps`` (else the narrowest). Measured with 300 steps on 1.5 s of speech from a Czech
-    speaker (a tuning clip, not one of the clips the README reports), SI-SNR / PESQ:
+    """The widest KAN of the ladder of :func:`regime` (with its positional encoding) whose
+    weights get at least :data:`MIN_BITS_PER_WEIGHT` at ``kbps`` (else the narrowest).
+
+    Measured with 300 steps on 1.5 s crops of tuning speech (never reported elsewhere), mean
+    PESQ of the decoded file. First at ``--kbps 48`` on four clips of Fish Fillets' small fish
+    (fillets-cs, seeds 0 / 1 where two were run): one 32,768-sample window of [24, 12, 6]
+    with the paper's L = 10 (:data:`FULL`) 2.746 / 2.748; L = 6, 8, 12, 14, 16 gave 2.64,
+    2.84 / 2.78, 2.51, 2.38, 2.22; FINER and SIREN [64, 64, 64] 2.13 and 2.60 (their own
+    loss, without the log-mel term); [32, 16, 8] with grid 5 2.75. Two 16,384-sample windows
+    of [16, 8, 4]: L = 10 2.88 / 2.89, L = 8 3.13 / 3.20, **L = 7 3.26 / 3.24** (:data:`HALF`),
+    L = 6 3.20. At L = 8 the rung wider ([20, 10, 5], under 5.5 coded bits per weight there)
+    gave 2.55 and the rung narrower ([12, 6, 3]) 2.62 on two clips; three 12,288-sample
+    windows of [16, 8, 4] 2.11 (three clips); 8,192-sample windows of [8, 4] 2.53 and of
+    [12, 6] 1.97. Then on eight clips of four voices (two of each fish, and asterisk's
+    Spanish and Canadian French prompts), FULL against HALF: 48 kbps 2.655 against 2.781
+    (HALF better on seven clips, 0.01 lower on one); 96 kbps, on the first four clips,
+    4.005 against 3.477 (FULL 3.689 on all eight); 24 kbps 1.782 against 1.797 (HALF
+    chose [10, 5]). So HALF below 64 kbps, where FULL's
+    network is [24, 12, 6] or narrower (the crossing between 48 and 96 kbps is not measured
+    more finely). Within a regime the rule stays: the widest network that keeps 5.5 coded
+    bits or more per weight (below that the depth's noise costs more than the width gains),
+    [16, 8, 4] at 48 kbps. The FULL ladder (32,768-sample windows, L = 10) measured
+    the same order on one tuning clip at 24, 48 and 96 kbps, SI-SNR / PESQ:
 
     ========  ===================  ===================  ===================  ===================
     kbps      48, 24, 12           32, 16, 8            24, 12, 6            16, 8
@@ -89,13 +131,10 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int) -> in
     96        -                    8.3 b/w 14.7 / 2.91  12.7 b/w 13.9 / 2.26 13.2 b/w 10.6 / 1.49
     ========  ===================  ===================  ===================  ===================
 
-    (b/w: coded bits per weight.) A second Czech speaker gave the same order by SI-SNR at
-    every rate (24 kbps: 8.7 dB for [16, 8]; 48: 13.7 for [24, 12, 6]; 96: 16.5 for [32,
-    16, 8]), though at 96 kbps PESQ favoured [48, 24, 12] (2.61 against 2.45). The best at each rate is the widest network that still
-    gets 5.5 bits or more per weight: below that the depth's noise costs more than the
-    width gains."""
-    for hidden in LADDER:
-        config = inr.make_config("kan", hidden=hidden)
+    (b/w: coded bits per weight.)"""
+    r = regime(kbps)
+    for hidden in r.ladder:
+        config = inr.make_config("kan", hidden=hidden, n_freqs=r.n_freqs)
         fixed = 8 * (HEADER_BYTES + networks * network_bytes(config))
         if kbps * 1000 * seconds - fixed >= MIN_BITS_PER_WEIGHT * max(1, active) * coded_weights(config):
             return config

@@ -191,3 +191,43 @@ def test_fractional_depth_round_trips_and_info_says_bits_per_weight(tmp_path):
 def test_option_error_for_both_kbps_and_bits_in_the_library():
     with pytest.raises(OptionError, match="kbps"):
         kancodec.encode(np.zeros(800, np.float32), sr=8000, kbps=48, bits=6, **TINY_ENCODE)
+
+
+@pytest.mark.parametrize("kbps", [16, 24, 48, 63, 64, 96, 200])
+def test_kbps_chooses_the_widest_kan_that_keeps_enough_bits_per_weight(kbps):
+    """The rule of :func:`rate.choose_config`: the chosen rung of the target's regime fits at
+    MIN_BITS_PER_WEIGHT, the next wider one does not; half windows and L = 7 below 64 kbps."""
+    from kancodec import inr, rate
+
+    r = rate.regime(kbps)
+    assert (r is rate.HALF) == (kbps < 64)
+    seconds, networks = 1.5, 2 if r is rate.HALF else 1
+
+    def fits(hidden):
+        config = inr.make_config("kan", hidden=hidden, n_freqs=r.n_freqs)
+        fixed = 8 * (rate.HEADER_BYTES + networks * rate.network_bytes(config))
+        return kbps * 1000 * seconds - fixed >= rate.MIN_BITS_PER_WEIGHT * networks * kancodec.inrfile.coded_weights(config)
+
+    config = rate.choose_config(kbps, seconds, networks, networks)
+    assert config.n_freqs == r.n_freqs and config.hidden in r.ladder
+    i = r.ladder.index(config.hidden)
+    assert fits(config.hidden) or i == len(r.ladder) - 1
+    assert i == 0 or not fits(r.ladder[i - 1])
+    if kbps in (48, 96):  # the measured choices on 1.5 s of speech (see choose_config)
+        assert config.hidden == {48: (16, 8, 4), 96: (32, 16, 8)}[kbps]
+
+
+def test_kbps_fits_half_windows_at_low_rates_unless_a_window_or_a_network_is_given():
+    from kancodec import inrcodec, rate
+
+    x = (0.3 * np.sin(np.arange(3 * 8000) / 5.0)).astype(np.float32)[None]
+    codec, cpu = inrcodec.InrCodec(), torch.device("cpu")
+    job = codec.plan(x, 8000, kbps=24, steps=1, device=cpu)
+    assert job.chunk == rate.HALF.chunk and job.config.n_freqs == rate.HALF.n_freqs
+    assert job.w.gains.shape[0] == 2  # 24,000 samples in two 16,384-sample windows
+    job = codec.plan(x, 8000, kbps=96, steps=1, device=cpu)
+    assert job.chunk == inrcodec.DEFAULT_CHUNK and job.config.n_freqs == 10
+    job = codec.plan(x, 8000, kbps=24, steps=1, chunk=4096, device=cpu)
+    assert job.chunk == 4096 and job.config.n_freqs == rate.HALF.n_freqs
+    job = codec.plan(x, 8000, kbps=24, steps=1, config=TINY, device=cpu)
+    assert job.chunk == inrcodec.DEFAULT_CHUNK and job.config == TINY
