@@ -56,8 +56,8 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         fit_sr: sample rate to fit at; lower trades bandwidth for bits. Default: the input's,
             or just below it when that saves a nearly empty last window
             (:func:`kancodec.audio.tile_rate`; not with ``hyper`` or ``start``).
-        chunk, overlap: window length (default 32,768) and cross-fade (default 1,024), in
-            samples at ``fit_sr``.
+        chunk, overlap: window length (default 32,768; 16,384 for ``kbps`` below 64 without
+            ``config``) and cross-fade (default 1,024), in samples at ``fit_sr``.
         seed: random seed of the initial networks (default 0).
         compile: ``"auto"`` (default), True or False: ``torch.compile`` the networks.
         batch: windows per optimisation (default: by device memory).

@@ -64,6 +64,12 @@ def network_bytes(config: inr.INR) -> int:
     return 8 + postfilter.BANDS // 2 + 10 * len(coded_names(config)) + sum(4 * math.prod(shapes[n]) for n in config.keep_float)
 
 
+def fixed_bits(config: inr.INR, networks: int) -> int:
+    """Bits a file of ``networks`` networks costs besides its coded weights: the header and
+    each network's :func:`network_bytes`."""
+    return 8 * (HEADER_BYTES + networks * network_bytes(config))
+
+
 def check_kbps(kbps: float) -> float:
     if not (isinstance(kbps, (int, float)) and math.isfinite(kbps) and MIN_KBPS <= kbps <= MAX_KBPS):
         raise OptionError(f"{{kbps}} {kbps}: must be a bitrate from {MIN_KBPS:g} to {MAX_KBPS:g} kbps", "kbps")
@@ -79,7 +85,7 @@ class Budget:
 
     @classmethod
     def of(cls, kbps: float, seconds: float, networks: int, active: int, config: inr.INR) -> "Budget":
-        fixed = 8 * (HEADER_BYTES + networks * network_bytes(config))
+        fixed = fixed_bits(config, networks)
         payload = kbps * 1000 * seconds - fixed
         if active and payload < 0.5 * active * config.n_params:  # under half a bit per weight
             least = (fixed + 0.5 * active * config.n_params) / seconds / 1000
@@ -116,9 +122,8 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int) -> in
     Spanish and Canadian French prompts), FULL against HALF: 48 kbps 2.655 against 2.781
     (HALF better on seven clips, 0.01 lower on one); 96 kbps, on the first four clips,
     4.005 against 3.477 (FULL 3.689 on all eight); 24 kbps 1.782 against 1.797 (HALF
-    chose [10, 5]). So HALF below 64 kbps, where FULL's
-    network is [24, 12, 6] or narrower (the crossing between 48 and 96 kbps is not measured
-    more finely). Within a regime the rule stays: the widest network that keeps 5.5 coded
+    chose [10, 5]). So HALF below 64 kbps, where FULL's network is [24, 12, 6] or narrower
+    (the crossing between 48 and 96 kbps is not measured more finely). Within a regime the rule stays: the widest network that keeps 5.5 coded
     bits or more per weight (below that the depth's noise costs more than the width gains),
     [16, 8, 4] at 48 kbps. The FULL ladder (32,768-sample windows, L = 10) measured
     the same order on one tuning clip at 24, 48 and 96 kbps, SI-SNR / PESQ:
@@ -131,11 +136,13 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int) -> in
     96        -                    8.3 b/w 14.7 / 2.91  12.7 b/w 13.9 / 2.26 13.2 b/w 10.6 / 1.49
     ========  ===================  ===================  ===================  ===================
 
-    (b/w: coded bits per weight.)"""
+    (b/w: coded bits per weight.) A second Czech speaker gave the same order by SI-SNR at
+    every rate (24 kbps: 8.7 dB for [16, 8]; 48: 13.7 for [24, 12, 6]; 96: 16.5 for [32,
+    16, 8]), though at 96 kbps PESQ favoured [48, 24, 12] (2.61 against 2.45)."""
     r = regime(kbps)
     for hidden in r.ladder:
         config = inr.make_config("kan", hidden=hidden, n_freqs=r.n_freqs)
-        fixed = 8 * (HEADER_BYTES + networks * network_bytes(config))
+        fixed = fixed_bits(config, networks)
         if kbps * 1000 * seconds - fixed >= MIN_BITS_PER_WEIGHT * max(1, active) * coded_weights(config):
             return config
     return config

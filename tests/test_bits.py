@@ -205,8 +205,7 @@ def test_kbps_chooses_the_widest_kan_that_keeps_enough_bits_per_weight(kbps):
 
     def fits(hidden):
         config = inr.make_config("kan", hidden=hidden, n_freqs=r.n_freqs)
-        fixed = 8 * (rate.HEADER_BYTES + networks * rate.network_bytes(config))
-        return kbps * 1000 * seconds - fixed >= rate.MIN_BITS_PER_WEIGHT * networks * kancodec.inrfile.coded_weights(config)
+        return kbps * 1000 * seconds - rate.fixed_bits(config, networks) >= rate.MIN_BITS_PER_WEIGHT * networks * kancodec.inrfile.coded_weights(config)
 
     config = rate.choose_config(kbps, seconds, networks, networks)
     assert config.n_freqs == r.n_freqs and config.hidden in r.ladder

@@ -90,13 +90,14 @@ def encode(
                                          "(default 8; fractions allowed; 32 = float). Each bit less halves the step: "
                                          "smaller file, more noise. The fit's last steps train for it. With --ae: "
                                          "bits per stored latent (kae/kvae)."),
-    kbps: Optional[float] = typer.Option(None, "--kbps", "-k", help="Target bitrate: the depth is chosen so the file "
-                                         "lands within 10% of it (the summary says what it chose). Instead of --bits."),
+    kbps: Optional[float] = typer.Option(None, "--kbps", "-k", help="Target bitrate: the KAN's width (and below 64 kbps "
+                                         "a half-length window) and the depth are chosen so the file lands within 10% of "
+                                         "it (the summary says what it chose). Instead of --bits."),
     fit_sr: Optional[int] = typer.Option(None, "--fit-sr", help="Fit at this rate. Lower = fewer windows and bits, less "
                                          "bandwidth. Default: the input's, or up to 20% lower when that saves a nearly "
                                          "empty last window (give the input's rate to keep it)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Window length in samples at the fitting rate "
-                                        "(default 32768)."),
+                                        "(default 32768; 16384 with --kbps below 64)."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Cross-fade between windows, in samples (default 1024)."),
     arch: str = typer.Option("kan", "--arch", help=_arch_help()),
     n_freqs: Optional[int] = typer.Option(None, "--n-freqs", help="Positional encoding length L, 2L inputs "
