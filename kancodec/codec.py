@@ -30,7 +30,7 @@ class Encoded:
     """
 
     TAG: ClassVar[str]
-    VERSION: ClassVar[int] = 4  # 2: the checksum covers the metadata too; 3: compact container; 4: INR post-filter
+    VERSION: ClassVar[int] = 5  # 2: the checksum covers the metadata too; 3: compact container; 4: INR post-filter; 5: its gains over time
     #: False for a clip read from a version 1 file, whose checksum covered the tensors only
     metadata_checked = True
     audio: object

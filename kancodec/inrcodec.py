@@ -161,11 +161,13 @@ class InrCodec:
         if hyper is None:
             init = start_for(start, config, fit_sr, chunk, seed, device)
         w = cut(x, sr, fit_sr, chunk, overlap)
+        post_blocks = _post_blocks(chunk, fit_sr) if postfilter else 0
         if chosen:
-            config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active))
+            config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), post_blocks)
             settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
             init = start_for(start, config, fit_sr, chunk, seed, device)
-        budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config)
+        budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config,
+                                                     post_blocks)
         return Job(x=x, sr=int(sr), w=w, config=config, settings=settings, init=init, fit_sr=fit_sr, chunk=chunk,
                    overlap=overlap, bits=bits, budget=budget, kbps=kbps, preset_name=preset_name, device=device,
                    name=name, postfilter=bool(postfilter), tiled=tiled and fit_sr != sr)
@@ -245,7 +247,8 @@ class InrCodec:
         return {"format": TAG, "audio": {**a.__dict__, "duration": a.duration}, "inr": kf.config.to_dict(),
                 "params_per_window": kf.config.n_params, "networks": a.channels * a.windows, "bits": kf.bits,
                 "quant": kf.scheme, "bits_per_weight": round(kf.bits_per_weight(), 3),
-                **({} if kf.post is None else {"postfilter": {"bands": postfilter.BANDS, "step_db": postfilter.STEP_DB,
+                **({} if kf.post is None else {"postfilter": {"bands": postfilter.BANDS, "blocks_per_window": kf.post.shape[1],
+                                                             "step_db": postfilter.STEP_DB,
                                                              "windows_changed": _changed(kf)}}),
                 **bitrate(size, kf), **integrity(kf), "encode": kf.encode}
 
@@ -262,7 +265,10 @@ class InrCodec:
                                                      if kf.scheme != "affine-per-row" else "fixed-length")),
         ]
         rows.append(("post-filter", "none" if kf.post is None else
-                     f"{postfilter.BANDS} band gains per window ({_changed(kf)} of {kf.post.shape[0]} windows changed)"))
+                     f"{postfilter.BANDS} band gains per window"
+                     + (f" in {kf.post.shape[1]} blocks of {1000 * a.chunk / a.fit_sr / kf.post.shape[1]:.0f} ms"
+                        if kf.post.shape[1] > 1 else "")
+                     + f" ({_changed(kf)} of {kf.post.shape[0]} windows changed)"))
         if "snr_db" in e:
             rows.append(("quality", f"SNR {fact(e, 'snr_db', '.2f')} dB, SI-SNR {fact(e, 'si_snr_db', '.2f')} dB "
                                     f"(decoded file vs input at {a.fit_sr} Hz)"))
@@ -285,9 +291,14 @@ class InrCodec:
         return {"label": f"{kf.config.arch}, {kf.bits} bits", "bits": kf.bits, "arch": kf.config.arch}
 
 
+def _post_blocks(chunk: int, fit_sr: int) -> int:
+    """Blocks of post-filter gains per window (where ``plan``'s own ``postfilter`` flag hides the module)."""
+    return postfilter.blocks(chunk, fit_sr)
+
+
 def _changed(kf: KanFile) -> int:
     """Windows the post-filter changes (some band gain other than unity)."""
-    return int((kf.post != postfilter.UNITY).any(-1).sum())
+    return int((kf.post != postfilter.UNITY).any((-1, -2)).sum())
 
 
 def _short(e: dict, kbps: float) -> bool:

@@ -101,12 +101,14 @@ def _forward(kf: KanFile, rows: np.ndarray, t: torch.Tensor, dev: torch.device, 
 
 
 def post_codes(kf: KanFile, originals, device: torch.device, per_batch: int = 16) -> np.ndarray:
-    """The post-filter's codes ``(C × W, BANDS)`` uint8 for a file without them: each sounding
+    """The post-filter's codes ``(C × W, nb, BANDS)`` uint8 (``nb``: :func:`~kancodec.postfilter.blocks`
+    of the file's window) for a file without them: each sounding
     window decoded on its fitted grid (as :func:`eval_windows` evaluates it at the fitted
     rate) against ``originals(rows)``, the windows as they were fitted ``(len(rows), chunk)``
     (before their gains). Silent windows keep unity gain."""
     a, config = kf.audio, kf.config
-    codes = np.full((a.channels * a.windows, postfilter.BANDS), postfilter.UNITY, np.uint8)
+    nb = postfilter.blocks(a.chunk, a.fit_sr)
+    codes = np.full((a.channels * a.windows, nb, postfilter.BANDS), postfilter.UNITY, np.uint8)
     active = np.flatnonzero(kf.gains > 0)
     if active.size == 0:
         return codes
@@ -117,5 +119,5 @@ def post_codes(kf: KanFile, originals, device: torch.device, per_batch: int = 16
         with torch.inference_mode():
             y = inr.forward_chunked(config, p, feats)
         x = torch.from_numpy(np.asarray(originals(rows), np.float64) / kf.gains[rows, None]).to(device)
-        codes[rows] = postfilter.measure(y, x, a.fit_sr)
+        codes[rows] = postfilter.measure(y, x, a.fit_sr, nb)
     return codes

@@ -1,4 +1,4 @@
-"""``.kan`` files of INR weights (format tag ``"kancodec-inr"``, version 4; 1 to 3 are read).
+"""``.kan`` files of INR weights (format tag ``"kancodec-inr"``, version 5; 1 to 4 are read).
 
 The container (:mod:`kancodec.container`) holds, besides its own tag, version and checksum:
 
@@ -29,7 +29,8 @@ always stored as float32 ``q.<name>`` without ``lo``/``step``.
 
 Version 4 (the same as 3 otherwise) may hold ``post`` ``(B, 8)`` uint8, the post-filter's
 16 band-gain codes of each network, two 4-bit codes per byte (:mod:`kancodec.postfilter`); without it the decoder applies
-none. Earlier versions have no post-filter, and a ``post`` tensor in one is refused.
+none. Version 5 stores them over time, ``post`` ``(B, nb, 8)`` for ``nb`` blocks per window (1 to
+:data:`~kancodec.postfilter.MAX_BLOCKS`). Earlier versions have no post-filter, and a ``post`` tensor in one is refused.
 """
 
 from __future__ import annotations
@@ -85,9 +86,13 @@ class KanFile(Encoded):
 
     @property
     def post(self) -> np.ndarray | None:
-        """The post-filter's codes ``(C × W, BANDS)`` (:mod:`kancodec.postfilter`), or None."""
+        """The post-filter's codes ``(C × W, nb, BANDS)`` (:mod:`kancodec.postfilter`; ``nb`` = 1
+        in version 4 files), or None."""
         packed = self.tensors.get("post")
-        return None if packed is None else postfilter.unpack(packed)
+        if packed is None:
+            return None
+        codes = postfilter.unpack(packed)
+        return codes[:, None] if codes.ndim == 2 else codes
 
     def params(self, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32, or
@@ -172,20 +177,26 @@ def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: 
     kf = KanFile(config, audio, bits, tensors, container.field(meta, "encode", where), scheme)
     _check_shapes(kf, where)
     if "post" in tensors:
-        _check_post(kf, where, meta.get(container.PREFIX + "version") not in ("1", "2", "3"))
+        _check_post(kf, where, meta.get(container.PREFIX + "version"))
     return kf
 
 
-def _check_post(kf: KanFile, where: str, v4: bool) -> None:
-    """The post-filter's codes: version 4 on, one row of :data:`~kancodec.postfilter.BANDS`
-    4-bit codes per network, two to a byte (any byte is valid)."""
-    if not v4:
+def _check_post(kf: KanFile, where: str, version: str | None) -> None:
+    """The post-filter's codes: version 4, one row of :data:`~kancodec.postfilter.BANDS` 4-bit
+    codes per network, two to a byte; version 5 on, ``nb`` such rows per network (1 to
+    :data:`~kancodec.postfilter.MAX_BLOCKS`). Any byte is valid."""
+    if version in ("1", "2", "3"):
         raise FormatError(f"{where}: a post-filter (tensor post) in a file of a version before 4, which has none; "
                           "the file is damaged or crafted, re-encode the audio")
-    shape = (kf.audio.channels * kf.audio.windows, postfilter.BANDS // 2)
     t = kf.tensors["post"]
-    if tuple(t.shape) != shape or t.dtype != np.uint8:
-        raise FormatError(f"{where}: tensor post is {t.dtype}{list(t.shape)}, the file needs uint8{list(shape)}; "
+    rows, half = kf.audio.channels * kf.audio.windows, postfilter.BANDS // 2
+    if version == "4":
+        ok, need = tuple(t.shape) == (rows, half), f"[{rows}, {half}]"
+    else:
+        ok = t.ndim == 3 and t.shape[0] == rows and 1 <= t.shape[1] <= postfilter.MAX_BLOCKS and t.shape[2] == half
+        need = f"[{rows}, blocks (1 to {postfilter.MAX_BLOCKS}), {half}]"
+    if not ok or t.dtype != np.uint8:
+        raise FormatError(f"{where}: tensor post is {t.dtype}{list(t.shape)}, the file needs uint8{need}; "
                           "the file is damaged, re-encode it")
 
 

@@ -56,18 +56,19 @@ def regime(kbps: float) -> Regime:
     return HALF if kbps < HALF_WINDOW_BELOW else FULL
 
 
-def network_bytes(config: inr.INR) -> int:
+def network_bytes(config: inr.INR, post_blocks: int = 1) -> int:
     """The fixed cost of one network: gain and stream length (4 + 4 bytes), the post-filter's
-    codes (half a byte per band), and per coded tensor its step (4) and the coder's m, K, j (2
-    each); float-kept tensors in full."""
+    codes (half a byte per band in each of ``post_blocks`` blocks; 0: no post-filter), and per
+    coded tensor its step (4) and the coder's m, K, j (2 each); float-kept tensors in full."""
     shapes = inr.stored_shapes(config)
-    return 8 + postfilter.BANDS // 2 + 10 * len(coded_names(config)) + sum(4 * math.prod(shapes[n]) for n in config.keep_float)
+    return (8 + post_blocks * postfilter.BANDS // 2 + 10 * len(coded_names(config))
+            + sum(4 * math.prod(shapes[n]) for n in config.keep_float))
 
 
-def fixed_bits(config: inr.INR, networks: int) -> int:
+def fixed_bits(config: inr.INR, networks: int, post_blocks: int = 1) -> int:
     """Bits a file of ``networks`` networks costs besides its coded weights: the header and
     each network's :func:`network_bytes`."""
-    return 8 * (HEADER_BYTES + networks * network_bytes(config))
+    return 8 * (HEADER_BYTES + networks * network_bytes(config, post_blocks))
 
 
 def check_kbps(kbps: float) -> float:
@@ -84,8 +85,9 @@ class Budget:
     active: int  # windows (all channels) that hold sound
 
     @classmethod
-    def of(cls, kbps: float, seconds: float, networks: int, active: int, config: inr.INR) -> "Budget":
-        fixed = fixed_bits(config, networks)
+    def of(cls, kbps: float, seconds: float, networks: int, active: int, config: inr.INR,
+           post_blocks: int = 1) -> "Budget":
+        fixed = fixed_bits(config, networks, post_blocks)
         payload = kbps * 1000 * seconds - fixed
         if active and payload < 0.5 * active * config.n_params:  # under half a bit per weight
             least = (fixed + 0.5 * active * config.n_params) / seconds / 1000
@@ -104,7 +106,7 @@ class Budget:
         return choose
 
 
-def choose_config(kbps: float, seconds: float, networks: int, active: int) -> inr.INR:
+def choose_config(kbps: float, seconds: float, networks: int, active: int, post_blocks: int = 1) -> inr.INR:
     """The widest KAN of the ladder of :func:`regime` (with its positional encoding) whose
     weights get at least :data:`MIN_BITS_PER_WEIGHT` at ``kbps`` (else the narrowest).
 
@@ -142,7 +144,7 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int) -> in
     r = regime(kbps)
     for hidden in r.ladder:
         config = inr.make_config("kan", hidden=hidden, n_freqs=r.n_freqs)
-        fixed = fixed_bits(config, networks)
+        fixed = fixed_bits(config, networks, post_blocks)
         if kbps * 1000 * seconds - fixed >= MIN_BITS_PER_WEIGHT * max(1, active) * coded_weights(config):
             return config
     return config

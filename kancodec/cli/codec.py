@@ -119,9 +119,10 @@ def encode(
     start: str = typer.Option("random", "--start", metavar="random|auto|MODEL", help="Where fitting starts: random "
                               "weights (default), auto (the learned start θ-kan from train-theta when it was learned "
                               "for this network, rate and window; else random), or a θ model name or path."),
-    postfilter: bool = typer.Option(True, "--postfilter/--no-postfilter", help="Store 16 band gains per window "
+    postfilter: bool = typer.Option(True, "--postfilter/--no-postfilter", help="Store 16 band gains every 93 ms "
                                     "that the decoder applies, measured against the input: they turn down the bands "
-                                    "the networks only fill with noise (8 bytes per window; see README, Bits)."),
+                                    "the networks only fill with noise (8 bytes per 93 ms, 0.69 kbps; see README, "
+                                    "Bits)."),
     ae: Optional[str] = typer.Option(None, "--ae", metavar="MODEL", help="Code with a KAN autoencoder instead of "
                                      f"fitting: {DEFAULT_MODEL} (bundled; the model train-ae saves by default), another "
                                      "model name, or a .safetensors path. Low bitrate; the .kan file needs the same "
