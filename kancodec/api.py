@@ -67,7 +67,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         start: where fitting starts: ``"random"`` (default), ``"auto"`` (the learned start
             ``theta-kan`` from ``train-theta`` when it was learned for this network, rate and
             window; else random), or a θ model's name or path.
-        postfilter: store the post-filter, 16 band gains per window that the decoder applies
+        postfilter: store the post-filter, 16 band gains every 93 ms that the decoder applies
             (default True; :mod:`kancodec.postfilter`). False leaves the networks' output as it is.
         ae: an autoencoder model (name or path): code the audio with it instead of fitting
             (only ``codebooks``, ``bits`` and ``device`` apply).

@@ -89,10 +89,7 @@ class KanFile(Encoded):
         """The post-filter's codes ``(C × W, nb, BANDS)`` (:mod:`kancodec.postfilter`; ``nb`` = 1
         in version 4 files), or None."""
         packed = self.tensors.get("post")
-        if packed is None:
-            return None
-        codes = postfilter.unpack(packed)
-        return codes[:, None] if codes.ndim == 2 else codes
+        return None if packed is None else postfilter.unpack(packed)
 
     def params(self, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Dequantised, expanded parameters: ``name -> (channels × windows, …)`` float32, or
@@ -178,6 +175,8 @@ def from_container(meta: dict[str, str], tensors: dict[str, np.ndarray], where: 
     _check_shapes(kf, where)
     if "post" in tensors:
         _check_post(kf, where, meta.get(container.PREFIX + "version"))
+        if kf.tensors["post"].ndim == 2:  # version 4: one block per window, held as version 5 holds it
+            kf.tensors["post"] = kf.tensors["post"][:, None]
     return kf
 
 

@@ -86,8 +86,9 @@ def _stft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 
 def blocks(chunk: int, fit_sr: int) -> int:
-    """Blocks of gains per window of ``chunk`` samples at ``fit_sr``: one per :data:`BLOCK_SECONDS`."""
-    return max(1, round(chunk / fit_sr / BLOCK_SECONDS))
+    """Blocks of gains per window of ``chunk`` samples at ``fit_sr``: one per :data:`BLOCK_SECONDS`
+    (at most :data:`MAX_BLOCKS`, what the reader accepts)."""
+    return min(MAX_BLOCKS, max(1, round(chunk / fit_sr / BLOCK_SECONDS)))
 
 
 def _frame_blocks(frames: int, hop: int, n: int, nb: int) -> np.ndarray:
@@ -96,17 +97,13 @@ def _frame_blocks(frames: int, hop: int, n: int, nb: int) -> np.ndarray:
     return np.minimum(np.arange(frames) * hop * nb // max(1, n), nb - 1)
 
 
-def _frame_weights(frames: int, hop: int, n: int, nb: int) -> np.ndarray:
-    """``(frames, nb)`` weights interpolating the blocks' gains linearly between their centres
-    (fraction ``(k + ½) / nb`` of the window), held flat before the first and after the last."""
+def _frame_interp(frames: int, hop: int, n: int, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How each STFT frame's gains come from the blocks': linearly between the blocks' centres
+    (fraction ``(k + ½) / nb`` of the window), held flat before the first and after the last.
+    Returns the blocks below and above each frame and the weight of the one above, ``(frames,)``."""
     u = np.clip(np.arange(frames) * hop / max(1, n) * nb - 0.5, 0.0, nb - 1.0)  # position in block centres
     lo = np.minimum(np.floor(u).astype(np.int64), nb - 1)
-    frac = u - lo
-    w = np.zeros((frames, nb))
-    w[np.arange(frames), lo] = 1.0 - frac
-    up = frac > 0
-    w[np.flatnonzero(up), lo[up] + 1] = frac[up]
-    return w
+    return lo, np.minimum(lo + 1, nb - 1), u - lo
 
 
 def measure(decoded: torch.Tensor, original: torch.Tensor, fit_sr: int, nb: int = 1) -> np.ndarray:
@@ -155,7 +152,7 @@ def gains(codes: np.ndarray) -> np.ndarray:
 def apply(y: torch.Tensor, codes: np.ndarray, sr: int, fit_sr: int) -> torch.Tensor:
     """Windows ``(B, N)`` evaluated at ``sr`` (>= ``fit_sr``) and their codes ``(B, nb, BANDS)``
     -> the filtered windows, ``(B, N)`` in ``y``'s dtype. Each STFT frame's gains are
-    interpolated in dB between the blocks' (:func:`_frame_weights`). Windows whose codes are all
+    interpolated in dB between the blocks' (:func:`_frame_interp`). Windows whose codes are all
     :data:`UNITY` come back unchanged."""
     codes = np.asarray(codes)
     change = np.flatnonzero((codes != UNITY).any((-1, -2)))
@@ -165,8 +162,10 @@ def apply(y: torch.Tensor, codes: np.ndarray, sr: int, fit_sr: int) -> torch.Ten
     n_fft = _n_fft(sr, n)
     band = _bands(n_fft, sr, fit_sr).to(y.device)
     frames = n // (n_fft // 4) + 1
+    lo, hi, frac = _frame_interp(frames, n_fft // 4, n, nb)
+    c = codes[change].astype(np.float64)  # (b, nb, BANDS)
     # the codes (dB) interpolated from block to block, then made gains: (b, frames, BANDS)
-    g = gains(np.einsum("fk,bkn->bfn", _frame_weights(frames, n_fft // 4, n, nb), codes[change].astype(np.float64)))
+    g = gains(c[:, lo] * (1.0 - frac)[:, None] + c[:, hi] * frac[:, None])
     g = np.concatenate([g, np.ones((*g.shape[:2], 1))], axis=2)  # the last: above fit_sr / 2
     per_bin = torch.from_numpy(g).to(device=y.device)[:, :, band].transpose(1, 2)  # (b, bins, frames)
     sel = torch.from_numpy(change).to(y.device)

@@ -56,7 +56,7 @@ def regime(kbps: float) -> Regime:
     return HALF if kbps < HALF_WINDOW_BELOW else FULL
 
 
-def network_bytes(config: inr.INR, post_blocks: int = 1) -> int:
+def network_bytes(config: inr.INR, post_blocks: int) -> int:
     """The fixed cost of one network: gain and stream length (4 + 4 bytes), the post-filter's
     codes (half a byte per band in each of ``post_blocks`` blocks; 0: no post-filter), and per
     coded tensor its step (4) and the coder's m, K, j (2 each); float-kept tensors in full."""
@@ -65,7 +65,7 @@ def network_bytes(config: inr.INR, post_blocks: int = 1) -> int:
             + sum(4 * math.prod(shapes[n]) for n in config.keep_float))
 
 
-def fixed_bits(config: inr.INR, networks: int, post_blocks: int = 1) -> int:
+def fixed_bits(config: inr.INR, networks: int, post_blocks: int) -> int:
     """Bits a file of ``networks`` networks costs besides its coded weights: the header and
     each network's :func:`network_bytes`."""
     return 8 * (HEADER_BYTES + networks * network_bytes(config, post_blocks))
@@ -86,7 +86,7 @@ class Budget:
 
     @classmethod
     def of(cls, kbps: float, seconds: float, networks: int, active: int, config: inr.INR,
-           post_blocks: int = 1) -> "Budget":
+           post_blocks: int) -> "Budget":
         fixed = fixed_bits(config, networks, post_blocks)
         payload = kbps * 1000 * seconds - fixed
         if active and payload < 0.5 * active * config.n_params:  # under half a bit per weight
@@ -106,9 +106,10 @@ class Budget:
         return choose
 
 
-def choose_config(kbps: float, seconds: float, networks: int, active: int, post_blocks: int = 1) -> inr.INR:
+def choose_config(kbps: float, seconds: float, networks: int, active: int, post_blocks: int) -> inr.INR:
     """The widest KAN of the ladder of :func:`regime` (with its positional encoding) whose
-    weights get at least :data:`MIN_BITS_PER_WEIGHT` at ``kbps`` (else the narrowest).
+    weights get at least :data:`MIN_BITS_PER_WEIGHT` at ``kbps`` (else the narrowest), after
+    the fixed costs of ``networks`` networks with ``post_blocks`` blocks of post-filter codes.
 
     Measured with 300 steps on 1.5 s crops of tuning speech (never reported elsewhere), mean
     PESQ of the decoded file. First at ``--kbps 48`` on four clips of Fish Fillets' small fish

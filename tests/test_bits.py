@@ -203,15 +203,20 @@ def test_kbps_chooses_the_widest_kan_that_keeps_enough_bits_per_weight(kbps):
     MIN_BITS_PER_WEIGHT, the next wider one does not; half windows and L = 7 below 64 kbps."""
     from kancodec import inr, rate
 
+    from kancodec import postfilter
+
     r = rate.regime(kbps)
     assert (r is rate.HALF) == (kbps < 64)
     seconds, networks = 1.5, 2 if r is rate.HALF else 1
+    blocks = postfilter.blocks(r.chunk or 32768, 22050)  # what encode passes: 8 and 16
+    assert blocks == (8 if r is rate.HALF else 16)
 
     def fits(hidden):
         config = inr.make_config("kan", hidden=hidden, n_freqs=r.n_freqs)
-        return kbps * 1000 * seconds - rate.fixed_bits(config, networks) >= rate.MIN_BITS_PER_WEIGHT * networks * kancodec.inrfile.coded_weights(config)
+        return (kbps * 1000 * seconds - rate.fixed_bits(config, networks, blocks)
+                >= rate.MIN_BITS_PER_WEIGHT * networks * kancodec.inrfile.coded_weights(config))
 
-    config = rate.choose_config(kbps, seconds, networks, networks)
+    config = rate.choose_config(kbps, seconds, networks, networks, blocks)
     assert config.n_freqs == r.n_freqs and config.hidden in r.ladder
     i = r.ladder.index(config.hidden)
     assert fits(config.hidden) or i == len(r.ladder) - 1

@@ -111,7 +111,22 @@ def test_codes_pack_two_to_a_byte():
     assert packed.shape == (2, 3, 8) and packed[0, 0, 0] == 0x10 and np.array_equal(postfilter.unpack(packed), codes)
 
 
-def test_a_version_4_file_decodes_as_one_block_per_window(pair, tmp_path):
+def test_one_block_is_version_4s_fixed_equaliser():
+    """A window's STFT times one gain per band, the whole window through (version 4's filter,
+    written out here on its own)."""
+    y = torch.randn(2, 4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    codes = np.random.default_rng(0).integers(0, postfilter.LEVELS, (2, postfilter.BANDS)).astype(np.uint8)
+    n_fft = 2 * round(postfilter.N_FFT_22K / 2)
+    freqs = np.arange(n_fft // 2 + 1) * SR / n_fft
+    band = np.clip(np.searchsorted(postfilter.band_edges(SR), freqs, side="right") - 1, 0, postfilter.BANDS - 1)
+    per_bin = torch.from_numpy(10.0 ** ((codes.astype(np.float64) - postfilter.UNITY) * postfilter.STEP_DB / 20))[:, band]
+    win = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = torch.stft(y, n_fft, n_fft // 4, window=win, center=True, pad_mode="reflect", return_complex=True)
+    expected = torch.istft(spec * per_bin[..., None], n_fft, n_fft // 4, window=win, center=True, length=4096)
+    assert torch.allclose(postfilter.apply(y, codes[:, None], SR, SR), expected, atol=1e-12)
+
+
+def test_a_version_4_file_decodes_as_one_block_per_window_and_saves_as_version_5(pair, tmp_path):
     on = pair[0]
     first = postfilter.pack(on.post[:, 0])  # (B, 8): version 4's one row per network
     v4 = kanfile.from_bytes(_with_post(on.to_bytes(), first, version="4"))
@@ -119,6 +134,12 @@ def test_a_version_4_file_decodes_as_one_block_per_window(pair, tmp_path):
     assert v4.post.shape == v5.post.shape == (on.post.shape[0], 1, postfilter.BANDS)
     a, b = kancodec.decode(v4)[0], kancodec.decode(v5)[0]
     assert np.array_equal(a, b) and not np.array_equal(a, kancodec.decode(on)[0])
+    again = kanfile.from_bytes(v4.to_bytes())  # re-saved: a version 5 file of one block per window
+    assert np.array_equal(again.post, v4.post) and np.array_equal(kancodec.decode(again)[0], a)
+
+
+def test_blocks_never_exceed_what_the_reader_accepts():
+    assert postfilter.blocks(1 << 20, 1000) == postfilter.MAX_BLOCKS
 
 
 def test_no_postfilter_on_the_command_line_and_info(tmp_path, speech_wav):
