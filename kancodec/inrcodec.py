@@ -31,6 +31,7 @@ from .fit import preset, preset_name as resolve_preset
 from .inrfile import TAG, AudioInfo, KanFile, flatten, from_container, store
 from .fitqueue import FitQueue, HyperInit, Job, cut, start_for
 from .rate import Budget, check_kbps, choose_config, land, regime
+from .postfilter import blocks as post_blocks_of  # plan's own postfilter flag hides the module
 from .inrdecode import eval_windows as _eval_windows, post_codes
 from .schema import MAX_CHUNK
 from .runtime import Event, Progress, tune_allocator
@@ -161,7 +162,7 @@ class InrCodec:
         if hyper is None:
             init = start_for(start, config, fit_sr, chunk, seed, device)
         w = cut(x, sr, fit_sr, chunk, overlap)
-        post_blocks = _post_blocks(chunk, fit_sr) if postfilter else 0
+        post_blocks = post_blocks_of(chunk, fit_sr) if postfilter else 0
         if chosen:
             config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), post_blocks)
             settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
@@ -289,11 +290,6 @@ class InrCodec:
 
     def brief(self, kf: KanFile) -> dict:
         return {"label": f"{kf.config.arch}, {kf.bits} bits", "bits": kf.bits, "arch": kf.config.arch}
-
-
-def _post_blocks(chunk: int, fit_sr: int) -> int:
-    """Blocks of post-filter gains per window (where ``plan``'s own ``postfilter`` flag hides the module)."""
-    return postfilter.blocks(chunk, fit_sr)
 
 
 def _changed(kf: KanFile) -> int:

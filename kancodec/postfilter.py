@@ -161,16 +161,15 @@ def apply(y: torch.Tensor, codes: np.ndarray, sr: int, fit_sr: int) -> torch.Ten
     n, nb = y.shape[-1], codes.shape[1]
     n_fft = _n_fft(sr, n)
     band = _bands(n_fft, sr, fit_sr).to(y.device)
-    frames = n // (n_fft // 4) + 1
-    lo, hi, frac = _frame_interp(frames, n_fft // 4, n, nb)
+    sel = torch.from_numpy(change).to(y.device)
+    rows = y[sel].double()
+    spec = _stft(rows, n_fft)  # (b, bins, frames)
+    lo, hi, frac = _frame_interp(spec.shape[-1], n_fft // 4, n, nb)
     c = codes[change].astype(np.float64)  # (b, nb, BANDS)
     # the codes (dB) interpolated from block to block, then made gains: (b, frames, BANDS)
     g = gains(c[:, lo] * (1.0 - frac)[:, None] + c[:, hi] * frac[:, None])
     g = np.concatenate([g, np.ones((*g.shape[:2], 1))], axis=2)  # the last: above fit_sr / 2
-    per_bin = torch.from_numpy(g).to(device=y.device)[:, :, band].transpose(1, 2)  # (b, bins, frames)
-    sel = torch.from_numpy(change).to(y.device)
-    rows = y[sel].double()
-    spec = _stft(rows, n_fft) * per_bin
+    spec = spec * torch.from_numpy(g).to(device=y.device)[:, :, band].transpose(1, 2)
     win = torch.hann_window(n_fft, dtype=rows.dtype, device=rows.device)
     out = y.clone()
     out[sel] = torch.istft(spec, n_fft, n_fft // 4, window=win, center=True, length=n).to(y.dtype)

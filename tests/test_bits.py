@@ -201,9 +201,7 @@ def test_option_error_for_both_kbps_and_bits_in_the_library():
 def test_kbps_chooses_the_widest_kan_that_keeps_enough_bits_per_weight(kbps):
     """The rule of :func:`rate.choose_config`: the chosen rung of the target's regime fits at
     MIN_BITS_PER_WEIGHT, the next wider one does not; half windows and L = 7 below 64 kbps."""
-    from kancodec import inr, rate
-
-    from kancodec import postfilter
+    from kancodec import inr, postfilter, rate
 
     r = rate.regime(kbps)
     assert (r is rate.HALF) == (kbps < 64)
