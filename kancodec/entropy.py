@@ -3,7 +3,8 @@
 Scheme ``laplace-ans`` (``.kan`` format version 3). For each network ``b`` (a window of a
 channel) and each stored parameter tensor ``t`` (flattened):
 
-- the step is ``Δ = σ · 2^(3 - bits)`` (σ: the tensor's standard deviation; never finer
+- the step is ``Δ = a · σ · 2^(3 - bits)`` (σ: the tensor's standard deviation; ``a``: the
+  encoder's allocation between tensors, :mod:`kancodec.allocate`, 1 without one; never finer
   than ``max|x| / 16382``, so that every integer and its distance to the median fit an
   int16), stored as float32;
 - the integers ``q = round(x / Δ)`` are coded as ``d = q - m`` around their median ``m``
@@ -36,28 +37,33 @@ MIN_BITS, MAX_BITS = 1.0, 16.0
 TOTAL = 1 << 24  # model frequencies sum to this
 
 
-def step_sizes(x: np.ndarray, bits) -> np.ndarray:
+def step_sizes(x: np.ndarray, bits, scale=None) -> np.ndarray:
     """``(B, n)`` weights at ``bits`` (a number, or one per network) -> ``(B,)`` float32 steps
-    (see the module docstring)."""
+    (see the module docstring); ``scale``: the allocation's multiplier ``(B,)`` (None: 1)."""
     x = np.asarray(x, np.float64)
     bits = np.broadcast_to(np.asarray(bits, np.float64), x.shape[:1])
+    scale = np.ones(x.shape[0]) if scale is None else np.broadcast_to(np.asarray(scale, np.float64), x.shape[:1])
     sigma = x.std(-1)
     peak = np.abs(x).max(-1) if x.shape[-1] else np.zeros(x.shape[0])
-    step = np.maximum(sigma * 2.0 ** (3.0 - bits), peak / (MAX_SPAN // 2 - 1))
+    step = np.maximum(scale * sigma * 2.0 ** (3.0 - bits), peak / (MAX_SPAN // 2 - 1))
     step = np.where(step > 0, step, 1.0).astype(np.float32)
     return step
 
 
-def fake_quantise(x: torch.Tensor, bits) -> torch.Tensor:
+def fake_quantise(x: torch.Tensor, bits, scale=None) -> torch.Tensor:
     """Quantisation as stored, with a straight-through gradient: ``(B, …)`` -> same shape;
-    ``bits`` a number or one per network ``(B,)``. Used at the end of a fit so the weights
-    settle where the quantiser puts them."""
+    ``bits`` a number or one per network ``(B,)``, ``scale`` the allocation's multiplier
+    ``(B,)`` (None: 1). Used at the end of a fit so the weights settle where the quantiser
+    puts them."""
     flat = x.reshape(x.shape[0], -1)
     if not isinstance(bits, (int, float)):
         bits = torch.as_tensor(np.asarray(bits, np.float64), dtype=flat.dtype, device=flat.device).reshape(-1, 1)
+    mult = 1.0 if scale is None else torch.as_tensor(np.asarray(scale, np.float64), dtype=flat.dtype,
+                                                      device=flat.device).reshape(-1, 1)
     with torch.no_grad():
         peak = flat.abs().amax(-1, keepdim=True)
-        step = torch.maximum(flat.std(-1, keepdim=True, correction=0) * 2.0 ** (3.0 - bits), peak / (MAX_SPAN // 2 - 1))
+        step = torch.maximum(mult * flat.std(-1, keepdim=True, correction=0) * 2.0 ** (3.0 - bits),
+                             peak / (MAX_SPAN // 2 - 1))
         step = torch.where(step > 0, step, torch.ones_like(step))
     q = torch.round(flat / step) * step
     return (flat + (q - flat).detach()).reshape(x.shape)
@@ -84,8 +90,9 @@ def _model(span: int, j: int):
     return constriction.stream.model.Categorical(freq, perfect=False)
 
 
-def encode_networks(params: list[np.ndarray], bits, active: np.ndarray) -> dict[str, np.ndarray]:
-    """Code ``B`` networks' tensors (each ``(B, n_t)``) at ``bits`` (one depth, or ``(B,)``).
+def encode_networks(params: list[np.ndarray], bits, active: np.ndarray, scales=None) -> dict[str, np.ndarray]:
+    """Code ``B`` networks' tensors (each ``(B, n_t)``) at ``bits`` (one depth, or ``(B,)``),
+    each tensor's step times its allocation ``scales`` ``(B, T)`` (:mod:`kancodec.allocate`; None: 1).
 
     Returns ``step`` ``(B, T)`` float32, ``side`` ``(B, T, 3)`` int16 (m, K, j), ``size``
     ``(B,)`` int32 (32-bit words per network) and ``ans`` ``(words,)`` uint32. Networks not
@@ -94,7 +101,8 @@ def encode_networks(params: list[np.ndarray], bits, active: np.ndarray) -> dict[
     import constriction
 
     b_n = params[0].shape[0] if params else 0
-    steps = np.stack([step_sizes(p, bits) for p in params], 1) if params else np.zeros((b_n, 0), np.float32)
+    steps = (np.stack([step_sizes(p, bits, _column(scales, t)) for t, p in enumerate(params)], 1) if params
+             else np.zeros((b_n, 0), np.float32))
     side = np.zeros((b_n, len(params), 3), np.int16)
     sizes = np.zeros(b_n, np.int32)
     words: list[np.ndarray] = []
@@ -148,16 +156,17 @@ def decode_networks(coded: dict[str, np.ndarray], sizes_t: list[int], rows: np.n
     return out
 
 
-def estimate_bits(params: list[np.ndarray], bits, active: np.ndarray) -> float:
+def estimate_bits(params: list[np.ndarray], bits, active: np.ndarray, scales=None) -> float:
     """Coded size in bits the model predicts for :func:`encode_networks` (within ~1 % of
     the real size: each stream rounds up to 32-bit words), without coding."""
     total = 0.0
     bits = np.broadcast_to(np.asarray(bits, np.float64), active.shape)[active]
-    for p in params:
+    for t, p in enumerate(params):
         x = np.asarray(p, np.float64)[active]
         if not x.size:
             continue
-        step = step_sizes(x, bits).astype(np.float64)[:, None]
+        scale = _column(scales, t)
+        step = step_sizes(x, bits, None if scale is None else scale[active]).astype(np.float64)[:, None]
         q = np.rint(x / step)
         d = q - np.clip(np.median(q, -1, keepdims=True), -MAX_SPAN, MAX_SPAN)
         mu = np.abs(d).mean(-1)
@@ -165,3 +174,8 @@ def estimate_bits(params: list[np.ndarray], bits, active: np.ndarray) -> float:
         r = np.clip(r, 1e-9, 1 - 1 / DECAY_ONE)
         total += float(-(np.log2((1 - r) / (1 + r)) * x.shape[1] + np.log2(r) * np.abs(d).sum(-1)).sum())
     return total + 32.0 * int(np.count_nonzero(active))  # the final state, and rounding to whole words
+
+
+def _column(scales, t: int):
+    """Tensor ``t``'s allocation ``(B,)`` from ``(B, T)`` scales (None stays None)."""
+    return None if scales is None else np.asarray(scales, np.float64)[:, t]

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from . import entropy, inr, threads
+from .allocate import allocation
 from .errors import OptionError
+from .inrfile import coded_names
 from .loss import SpectralLoss, fit_loss, snr
 from .runtime import tune_allocator
 
@@ -122,6 +124,7 @@ class FitResult:
     seconds: float
     steps: int
     bits: float | np.ndarray | None = None  # the depth(s) trained for (None: no quantisation-aware steps)
+    scales: torch.Tensor | None = None  # (B, T) the allocation trained for (:mod:`kancodec.allocate`)
 
 
 def time_grid(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -132,7 +135,8 @@ def time_grid(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
 def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
         init: dict[str, torch.Tensor] | None = None, compile: bool = False,
         progress: Callable[[FitProgress], None] | None = None, progress_every: int = 10,
-        bits: float | np.ndarray | Callable[[dict[str, torch.Tensor]], float | np.ndarray] | None = None) -> FitResult:
+        bits: float | np.ndarray | Callable[[dict[str, torch.Tensor], torch.Tensor], float | np.ndarray] | None = None
+        ) -> FitResult:
     """Fit ``B`` networks to ``B`` windows.
 
     Args:
@@ -145,9 +149,11 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
             CPU; 3x faster steps afterwards).
         progress: called every ``progress_every`` steps and after the last.
         bits: the depth the weights will be stored at (:mod:`kancodec.entropy`), one per
-            window ``(B,)`` or one for all, or a function of the compact parameters that
-            chooses it when the quantisation-aware steps begin (rate control); None or 32: no
-            quantisation-aware steps.
+            window ``(B,)`` or one for all, or a function of the compact parameters and the
+            allocation ``(B, T)`` that chooses it when the quantisation-aware steps begin (rate
+            control); None or 32: no quantisation-aware steps. When those steps begin, the
+            allocation between tensors (:func:`kancodec.allocate.allocation`) is measured and
+            kept to the end (returned in ``scales``).
     Returns:
         the fitted parameters (detached, on the target's device) and final statistics.
     """
@@ -171,20 +177,23 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
     quantise = bits is not None and (callable(bits) or not np.all(np.asarray(bits) == 32))
     qat_from = settings.steps - round(settings.qat * settings.steps) if quantise else settings.steps
     depth = None if callable(bits) else bits
+    scales = None
     for step in range(settings.steps):
         if device.type == "cpu":
             threads.update()
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
-        if step == qat_from and callable(bits):
-            depth = bits({k: v.detach() for k, v in inr.compact(config, params).items()})
+        if step == qat_from:
+            scales = allocation(config, {k: v.detach() for k, v in params.items()}, feats, fwd)
+            if callable(bits):
+                depth = bits({k: v.detach() for k, v in inr.compact(config, params).items()}, scales)
         opt.zero_grad(set_to_none=True)
         if step < qat_from:
             pred = inr.forward_chunked(config, params, feats, fwd)
             loss = objective(pred, step)
             loss.backward()
         else:  # through the quantiser; the network sees leaves, so a compiled forward is reused as it is
-            q = quantised(config, params, depth)
+            q = quantised(config, params, depth, scales)
             leaves = {k: v.detach().requires_grad_(True) for k, v in q.items()}
             pred = inr.forward_chunked(config, leaves, feats, fwd)
             loss = objective(pred, step)
@@ -202,13 +211,16 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
         pred = inr.forward_chunked(config, final, feats, fwd)
         loss_value = objective(pred, settings.steps).item() / batch
         window_snr = snr(pred, target)
+    trained = qat_from < settings.steps
     return FitResult(final, loss_value, window_snr.cpu(), time.perf_counter() - start, settings.steps,
-                     depth if qat_from < settings.steps else None)
+                     depth if trained else None, scales if trained else None)
 
 
-def quantised(config: inr.INR, params: dict[str, torch.Tensor], bits) -> dict[str, torch.Tensor]:
-    """The parameters as they will be stored at ``bits`` (one depth, or one per network ``(B,)``;
-    straight-through gradients)."""
+def quantised(config: inr.INR, params: dict[str, torch.Tensor], bits, scales=None) -> dict[str, torch.Tensor]:
+    """The parameters as they will be stored at ``bits`` (one depth, or one per network ``(B,)``)
+    with the allocation ``scales`` ``(B, T)`` (None: 1); straight-through gradients."""
     compact = inr.compact(config, params)
-    return inr.expand(config, {k: v if k in config.keep_float else entropy.fake_quantise(v, bits)
+    coded = {n: t for t, n in enumerate(coded_names(config))}
+    return inr.expand(config, {k: v if k not in coded else
+                               entropy.fake_quantise(v, bits, None if scales is None else scales[:, coded[k]])
                                for k, v in compact.items()})

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from . import inr
+from .allocate import allocation
 from .audio import SILENCE, n_windows, resample
-from .fit import FitProgress, FitSettings, fit
+from .fit import FitProgress, FitSettings, fit, time_grid
+from .inrfile import coded_names
 from .runtime import Event, Progress, batch_size, fit_memory, want_compile
 
 
@@ -204,6 +206,7 @@ class Job:
     tiled: bool = False  # fit_sr was lowered so one window fewer holds the file (:func:`kancodec.audio.tile_rate`)
     fitted: dict = field(default_factory=dict)  # {name: (C × W, …)} on the CPU; silence stays 0
     depths: np.ndarray | None = None  # (C × W,)
+    scales: np.ndarray | None = None  # (C × W, T): each network's allocation between tensors (:mod:`kancodec.allocate`)
     left: int = 0  # active windows not fitted yet
 
     @property
@@ -221,6 +224,7 @@ class Job:
         n = self.w.gains.shape[0]
         self.fitted = {k: torch.zeros((n, *shape)) for k, shape in self.config.shapes().items()}
         self.depths = np.full(n, 8.0 if self.budget is not None else float(self.bits))
+        self.scales = np.ones((n, len(coded_names(self.config))))
         self.left = len(self.w.active)
 
 
@@ -232,12 +236,12 @@ def _depth(parts: list[tuple[Job, np.ndarray]]):
         return float(depths[0]) if (depths == depths[0]).all() else depths
     from .entropy import MAX_BITS
 
-    def choose(compact: dict[str, torch.Tensor]):
+    def choose(compact: dict[str, torch.Tensor], scales: torch.Tensor):
         out, at = [], 0
         for job, r in parts:
             sub = {k: v[at:at + len(r)] for k, v in compact.items()}
-            out.append(np.full(len(r), job.budget.chooser(job.config, len(r))(sub) if job.budget is not None
-                               else min(float(job.bits), MAX_BITS)))
+            out.append(np.full(len(r), job.budget.chooser(job.config, len(r))(sub, scales[at:at + len(r)])
+                               if job.budget is not None else min(float(job.bits), MAX_BITS)))
             at += len(r)
         return np.concatenate(out)
     return choose
@@ -331,17 +335,22 @@ class FitQueue:
         if steps:
             result = fit(job0.config, target, job0.settings, job0.loss_sr, init=start, compile=use_compile,
                          progress=reporter if self.progress else None, bits=depth)
-            params, chosen = result.params, result.bits
+            params, chosen, scales = result.params, result.bits, result.scales
         else:
-            params, chosen = start, None
-        if chosen is None and callable(depth):  # no quantisation-aware steps: choose for the start
-            chosen = depth({k: v.detach() for k, v in inr.compact(job0.config, params).items()})
+            params, chosen, scales = start, None, None
+        if scales is None and not job0.bits == 32:  # no quantisation-aware steps: allocate for the start
+            feats = inr.input_features(job0.config, time_grid(target.shape[1], self.device))
+            scales = allocation(job0.config, params, feats)
+        if chosen is None and callable(depth):
+            chosen = depth({k: v.detach() for k, v in inr.compact(job0.config, params).items()}, scales)
         self.batches += 1
         self.done += steps
         finished, at = [], 0
         for j, r in parts:
             if chosen is not None:
                 j.depths[r] = np.broadcast_to(np.asarray(chosen, np.float64), (len(items),))[at:at + len(r)]
+            if scales is not None:
+                j.scales[r] = scales[at:at + len(r)].cpu().numpy()
             for k, v in params.items():
                 j.fitted[k][torch.from_numpy(r)] = v[at:at + len(r)].detach().cpu()
             j.left -= len(r)

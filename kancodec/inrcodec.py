@@ -187,9 +187,9 @@ class InrCodec:
         flat = flatten(config, compact) if bits != 32 or budget is not None else None
         if budget is not None:
             depths = land(flat, active, depths, budget,
-                          lambda d: 32 * entropy.encode_networks(flat, d, active)["ans"].size)
+                          lambda d: 32 * entropy.encode_networks(flat, d, active, job.scales)["ans"].size, job.scales)
             bits = round(float(depths[active].mean()), 2) if active.any() else 8
-        tensors, scheme = store(config, compact, depths if budget is not None else bits, active, flat)
+        tensors, scheme = store(config, compact, depths if budget is not None else bits, active, flat, job.scales)
         tensors["gain"] = w.gains
         audio = AudioInfo(sample_rate=int(sr), fit_sr=fit_sr, channels=x.shape[0], frames=x.shape[1],
                           fit_frames=w.xf.shape[1], chunk=chunk, overlap=overlap, windows=w.per_channel)

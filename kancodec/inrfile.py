@@ -142,13 +142,14 @@ def flatten(config: inr.INR, compact: dict[str, torch.Tensor]) -> list[np.ndarra
 
 
 def store(config: inr.INR, compact: dict[str, torch.Tensor], bits, active: np.ndarray,
-          flat: list[np.ndarray] | None = None) -> tuple[dict, str]:
+          flat: list[np.ndarray] | None = None, scales: np.ndarray | None = None) -> tuple[dict, str]:
     """Quantise and code compact parameters ``name -> (B, …)`` at ``bits`` (one depth or one
     per network) -> ``(tensors, scheme)`` (without ``gain``): entropy-coded below 32 bits,
-    float32 at 32. ``flat``: :func:`flatten` of them, when the caller has it already."""
+    float32 at 32. ``flat``: :func:`flatten` of them, when the caller has it already;
+    ``scales``: the allocation between tensors ``(B, T)`` (:mod:`kancodec.allocate`; None: 1)."""
     if np.ndim(bits) == 0 and bits == 32:
         return quantise(compact, 32, config.keep_float), AFFINE
-    tensors = entropy.encode_networks(flatten(config, compact) if flat is None else flat, bits, active)
+    tensors = entropy.encode_networks(flatten(config, compact) if flat is None else flat, bits, active, scales)
     for n in config.keep_float:
         tensors[f"q.{n}"] = compact[n].detach().cpu().reshape(compact[n].shape[0], -1).numpy().astype(np.float32)
     return tensors, entropy.SCHEME

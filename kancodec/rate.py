@@ -97,12 +97,13 @@ class Budget:
         return cls(payload, active)
 
     def chooser(self, config: inr.INR, windows: int):
-        """A function of a batch's compact parameters (``windows`` networks, all active) that
-        returns the depth landing them on their share; :func:`kancodec.fit.fit` calls it."""
+        """A function of a batch's compact parameters (``windows`` networks, all active) and
+        their allocation ``(windows, T)`` that returns the depth landing them on their share;
+        :func:`kancodec.fit.fit` calls it."""
         share = self.payload_bits * windows / max(1, self.active)
 
-        def choose(compact: dict[str, torch.Tensor]) -> float:
-            return depth_for(flatten(config, compact), np.ones(windows, bool), share)
+        def choose(compact: dict[str, torch.Tensor], scales=None) -> float:
+            return depth_for(flatten(config, compact), np.ones(windows, bool), share, scales=scales)
         return choose
 
 
@@ -151,15 +152,16 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int, post_
     return config
 
 
-def depth_for(params: list[np.ndarray], active: np.ndarray, bits_budget: float, offset=0.0) -> float:
+def depth_for(params: list[np.ndarray], active: np.ndarray, bits_budget: float, offset=0.0, scales=None) -> float:
     """The largest depth (to 0.01 bit) whose estimated coded size fits ``bits_budget``;
-    ``offset``: depths per network added to it (see :func:`land`)."""
+    ``offset``: depths per network added to it (see :func:`land`); ``scales``: the
+    allocation ``(B, T)`` (:mod:`kancodec.allocate`; None: 1)."""
     lo, hi = entropy.MIN_BITS, entropy.MAX_BITS
-    if entropy.estimate_bits(params, np.clip(lo + offset, lo, hi), active) > bits_budget:
+    if entropy.estimate_bits(params, np.clip(lo + offset, lo, hi), active, scales) > bits_budget:
         return lo
     while hi - lo > 0.01:
         mid = (lo + hi) / 2
-        if entropy.estimate_bits(params, np.clip(mid + offset, entropy.MIN_BITS, hi), active) <= bits_budget:
+        if entropy.estimate_bits(params, np.clip(mid + offset, entropy.MIN_BITS, hi), active, scales) <= bits_budget:
             lo = mid
         else:
             hi = mid
@@ -167,7 +169,7 @@ def depth_for(params: list[np.ndarray], active: np.ndarray, bits_budget: float, 
 
 
 def land(params: list[np.ndarray], active: np.ndarray, depths: np.ndarray, budget: Budget,
-         real_bits) -> np.ndarray:
+         real_bits, scales=None) -> np.ndarray:
     """Per-network depths ``(B,)`` for the final coding: ``depths`` (what each batch trained
     for) plus one common offset, chosen so the real coded size (``real_bits(depths)``, the
     entropy coder's output in bits) lands within 3 % under the budget where it can."""
@@ -178,7 +180,7 @@ def land(params: list[np.ndarray], active: np.ndarray, depths: np.ndarray, budge
     def at(shift: float) -> np.ndarray:
         return np.clip(shift + rel, entropy.MIN_BITS, entropy.MAX_BITS)
 
-    shift = depth_for(params, active, 0.99 * budget.payload_bits, offset=rel)
+    shift = depth_for(params, active, 0.99 * budget.payload_bits, offset=rel, scales=scales)
     real = real_bits(at(shift))
     for _ in range(4):  # the estimate is within ~1 %; correct by the measured slope of ~1 bit/weight per bit
         if 0.94 * budget.payload_bits <= real <= budget.payload_bits:
