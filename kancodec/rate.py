@@ -127,7 +127,15 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int, post_
     (HALF better on seven clips, 0.01 lower on one); 96 kbps, on the first four clips,
     4.005 against 3.477 (FULL 3.689 on all eight); 24 kbps 1.782 against 1.797 (HALF
     chose [10, 5]). So HALF below 64 kbps, where FULL's network is [24, 12, 6] or narrower
-    (the crossing between 48 and 96 kbps is not measured more finely). Within a regime the rule stays: the widest network that keeps 5.5 coded
+    (the crossing between 48 and 96 kbps is not measured more finely). Re-measured with the
+    post-filter and the allocation between tensors, on 1.5 s crops (one FULL window) of
+    those eight clips and four of tuxpaint's voices (Spanish, Russian, Catalan, Bulgarian:
+    recordings with a noise floor and much energy below 300 Hz), FULL gave 2.916 against
+    2.849 at 48 kbps (the eight 3.021 against 3.094, the four 2.706 against 2.360) and
+    2.078 against 2.057 at 24; but on whole files of tuning voices (2.0-3.6 s) HALF won
+    by far: 3.20, 3.22, 3.80 against 2.49, 2.78, 2.85 on the first three (fillets-cs),
+    where FULL's windows tile a file coarsely (2 windows of [16, 8] for 2.05 s, against 3
+    of [16, 8, 4]). Files have natural lengths, so HALF stays. Within a regime the rule stays: the widest network that keeps 5.5 coded
     bits or more per weight (below that the depth's noise costs more than the width gains),
     [16, 8, 4] at 48 kbps. The FULL ladder (32,768-sample windows, L = 10) measured
     the same order on one tuning clip at 24, 48 and 96 kbps, SI-SNR / PESQ:
