@@ -46,7 +46,8 @@ def test_sensitivity_matches_the_output_change_of_a_larger_perturbation(fitted):
             moved[name] = v + s * torch.randn(v.shape, generator=gen)
             change = change + (inr.forward_features(TINY, inr.expand(TINY, moved), feats) - base).double().pow(2).mean(-1) / 16
         predicted = h[:, t] * s ** 2 * v[0].numel()
-        assert torch.allclose(change, predicted, rtol=0.5), (name, change, predicted)
+        # a few sign draws estimate h within a factor of 2 (half a bit of allocation)
+        assert ((predicted / change > 0.5) & (predicted / change < 2)).all(), (name, change, predicted)
 
 
 def test_scales_have_unit_geometric_mean_and_favour_sensitive_tensors(fitted):
@@ -64,11 +65,42 @@ def test_scales_have_unit_geometric_mean_and_favour_sensitive_tensors(fitted):
     assert a.max() > 1.5 and a.min() < 0.7  # the measured sensitivities differ, so does the allocation
 
 
-def test_silent_network_keeps_unit_scales(fitted):
+def test_a_tensor_without_spread_keeps_one_and_the_rest_are_normalised(fitted):
+    """A constant tensor (no spread, so no measurable h σ²) keeps 1 and stays out of the mean;
+    the other tensors of the network are still allocated, with unit geometric mean."""
     params, feats = fitted
-    zero = {k: torch.zeros_like(v) for k, v in params.items()}
-    a = allocate.allocation(TINY, zero, feats)
-    assert torch.equal(a, torch.ones_like(a))
+    names = coded_names(TINY)
+    flat = dict(params)
+    flat["l0.base"] = torch.full_like(params["l0.base"], 0.1)
+    a = allocate.allocation(TINY, flat, feats)
+    k = names.index("l0.base")
+    rest = [i for i in range(len(names)) if i != k]
+    assert torch.equal(a[:, k], torch.ones(2, dtype=torch.float64))
+    counts = torch.tensor([float(params[names[i]][0].numel()) for i in rest], dtype=torch.float64)
+    assert torch.allclose((a[:, rest].log() * counts).sum(-1) / counts.sum(), torch.zeros(2, dtype=torch.float64),
+                          atol=1e-9)
+    assert a[:, rest].max() > 1.5 and a[:, rest].min() < 0.7
+    zero = {n: torch.zeros_like(v) for n, v in params.items()}  # nothing moves the output: all ones
+    assert torch.equal(allocate.allocation(TINY, zero, feats), torch.ones(2, len(names), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("arch", ["siren", "nerf"])
+def test_mlp_networks_are_allocated_too(arch):
+    """An MLP's last bias is a single weight (no spread): it keeps 1, the others are allocated."""
+    cfg = inr.make_config(arch)
+    params = inr.init_params(cfg, 2, seed=1)
+    a = allocate.allocation(cfg, params, inr.input_features(cfg, time_grid(N)))
+    names = coded_names(cfg)
+    single = [i for i, n in enumerate(names) if params[n][0].numel() == 1]
+    assert single and torch.equal(a[:, single], torch.ones_like(a[:, single]))
+    assert a.max() / a.min() > 4
+
+
+def test_one_window_is_allocated_the_same_alone_and_in_a_batch(fitted):
+    params, feats = fitted
+    both = allocate.allocation(TINY, params, feats)
+    alone = allocate.allocation(TINY, {k: v[1:] for k, v in params.items()}, feats)
+    assert torch.allclose(both[1:], alone, rtol=1e-4)
 
 
 @pytest.mark.parametrize("payload_bits_per_weight", [3.0, 5.0])
@@ -97,14 +129,32 @@ def test_allocation_lowers_the_error_at_the_same_coded_size(fitted, payload_bits
     assert alloc < 0.8 * plain, (alloc, plain)
 
 
-def test_encode_stores_the_allocated_steps_and_any_reader_decodes_them():
-    x = (0.4 * np.sin(np.arange(6000) / 9.0) * np.sin(np.arange(6000) / 700.0)).astype(np.float32)
-    kf = kancodec.encode(x, sr=8000, **{**TINY_ENCODE, "bits": 6})
-    steps = kf.tensors["step"]  # (B, T): one per tensor, now not proportional to each tensor's spread alone
-    sigma = np.stack([p.std(-1) for p in flatten(TINY, inr.compact(TINY, kf.params()))], 1)
-    ratio = steps / sigma
-    assert (ratio.max(1) / ratio.min(1) > 2).all()
-    back = kancodec.kanfile.from_bytes(kf.to_bytes())
-    y = kancodec.decode(back, compile=False)[0]
-    z = kancodec.decode(kf, compile=False)[0]
-    assert np.array_equal(y, z)
+@pytest.mark.parametrize("target", [{"bits": 6}, {"kbps": 40}])
+def test_the_file_stores_what_the_fit_trained_through(target):
+    """The stored steps carry the fit's allocation (one depth per network: step / (a σ) is the
+    same for all its tensors), and at a given depth the file decodes to exactly the weights
+    the quantisation-aware steps saw."""
+    from kancodec import inrcodec
+    from kancodec.fit import quantised
+    from kancodec.fitqueue import FitQueue
+
+    x = (0.4 * np.sin(np.arange(6000) / 9.0) * np.sin(np.arange(6000) / 700.0)).astype(np.float32)[None]
+    opts = {k: v for k, v in TINY_ENCODE.items() if k not in ("compile", "device")}
+    codec, cpu = inrcodec.InrCodec(), torch.device("cpu")
+    job = codec.plan(x, 8000, device=cpu, **opts, **target)
+    queue = FitQueue(cpu, False)
+    queue.add(job)
+    queue.flush()
+    kf = codec.finish(job, False, 0.0)
+    assert not np.all(job.scales == 1)
+    flat = flatten(TINY, inr.compact(TINY, job.fitted))
+    sigma = np.stack([p.std(-1) for p in flat], 1)
+    steps = kf.tensors["step"].astype(np.float64)  # (B, T)
+    assert ((steps / sigma).max(1) / (steps / sigma).min(1) > 2).all()  # not the spread alone
+    per_depth = steps / (job.scales * sigma)  # 2^(3 - depth) for every tensor of a network
+    assert np.allclose(per_depth, per_depth[:, :1], rtol=1e-5)
+    if "bits" in target:
+        want = quantised(TINY, job.fitted, job.bits, torch.from_numpy(job.scales))
+        got = kf.params()
+        for k in got:
+            assert torch.allclose(got[k], want[k].detach(), atol=1e-6, rtol=1e-5), k
