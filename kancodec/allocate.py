@@ -99,9 +99,8 @@ def scales(config: inr.INR, compact: dict[str, torch.Tensor], h: torch.Tensor) -
     return log_a.clamp(-math.log(LIMIT), math.log(LIMIT)).exp()
 
 
-def allocation(config: inr.INR, params: dict[str, torch.Tensor], feats: torch.Tensor,
+def allocation(config: inr.INR, compact: dict[str, torch.Tensor], feats: torch.Tensor,
                fwd=inr.forward_features) -> torch.Tensor:
-    """``(B, T)`` step multipliers for fitted ``params`` (full, ``(B, …)`` each) on the grid of
-    ``feats``: :func:`scales` of :func:`sensitivity`."""
-    compact = {k: v.detach() for k, v in inr.compact(config, params).items()}
+    """``(B, T)`` step multipliers for fitted networks (their compact parameters, detached,
+    ``(B, …)`` each) on the grid of ``feats``: :func:`scales` of :func:`sensitivity`."""
     return scales(config, compact, sensitivity(config, compact, feats, fwd))

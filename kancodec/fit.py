@@ -184,9 +184,10 @@ def fit(config: inr.INR, target: torch.Tensor, settings: FitSettings, sr: int,
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
         if step == qat_from:
-            scales = allocation(config, {k: v.detach() for k, v in params.items()}, feats, fwd)
+            compact = {k: v.detach() for k, v in inr.compact(config, params).items()}
+            scales = allocation(config, compact, feats, fwd)
             if callable(bits):
-                depth = bits({k: v.detach() for k, v in inr.compact(config, params).items()}, scales)
+                depth = bits(compact, scales)
         opt.zero_grad(set_to_none=True)
         if step < qat_from:
             pred = inr.forward_chunked(config, params, feats, fwd)

@@ -338,11 +338,11 @@ class FitQueue:
             params, chosen, scales = result.params, result.bits, result.scales
         else:
             params, chosen, scales = start, None, None
+        compact = {k: v.detach() for k, v in inr.compact(job0.config, params).items()}
         if scales is None and not job0.bits == 32:  # no quantisation-aware steps: allocate for the start
-            feats = inr.input_features(job0.config, time_grid(target.shape[1], self.device))
-            scales = allocation(job0.config, params, feats)
+            scales = allocation(job0.config, compact, inr.input_features(job0.config, time_grid(target.shape[1], self.device)))
         if chosen is None and callable(depth):
-            chosen = depth({k: v.detach() for k, v in inr.compact(job0.config, params).items()}, scales)
+            chosen = depth(compact, scales)
         self.batches += 1
         self.done += steps
         finished, at = [], 0

@@ -72,7 +72,7 @@ def test_a_tensor_without_spread_keeps_one_and_the_rest_are_normalised(fitted):
     names = coded_names(TINY)
     flat = dict(params)
     flat["l0.base"] = torch.full_like(params["l0.base"], 0.1)
-    a = allocate.allocation(TINY, flat, feats)
+    a = allocate.allocation(TINY, inr.compact(TINY, flat), feats)
     k = names.index("l0.base")
     rest = [i for i in range(len(names)) if i != k]
     assert torch.equal(a[:, k], torch.ones(2, dtype=torch.float64))
@@ -81,7 +81,8 @@ def test_a_tensor_without_spread_keeps_one_and_the_rest_are_normalised(fitted):
                           atol=1e-9)
     assert a[:, rest].max() > 1.5 and a[:, rest].min() < 0.7
     zero = {n: torch.zeros_like(v) for n, v in params.items()}  # nothing moves the output: all ones
-    assert torch.equal(allocate.allocation(TINY, zero, feats), torch.ones(2, len(names), dtype=torch.float64))
+    assert torch.equal(allocate.allocation(TINY, inr.compact(TINY, zero), feats),
+                       torch.ones(2, len(names), dtype=torch.float64))
 
 
 @pytest.mark.parametrize("arch", ["siren", "nerf"])
@@ -89,7 +90,7 @@ def test_mlp_networks_are_allocated_too(arch):
     """An MLP's last bias is a single weight (no spread): it keeps 1, the others are allocated."""
     cfg = inr.make_config(arch)
     params = inr.init_params(cfg, 2, seed=1)
-    a = allocate.allocation(cfg, params, inr.input_features(cfg, time_grid(N)))
+    a = allocate.allocation(cfg, inr.compact(cfg, params), inr.input_features(cfg, time_grid(N)))
     names = coded_names(cfg)
     single = [i for i, n in enumerate(names) if params[n][0].numel() == 1]
     assert single and torch.equal(a[:, single], torch.ones_like(a[:, single]))
@@ -98,8 +99,9 @@ def test_mlp_networks_are_allocated_too(arch):
 
 def test_one_window_is_allocated_the_same_alone_and_in_a_batch(fitted):
     params, feats = fitted
-    both = allocate.allocation(TINY, params, feats)
-    alone = allocate.allocation(TINY, {k: v[1:] for k, v in params.items()}, feats)
+    compact = inr.compact(TINY, params)
+    both = allocate.allocation(TINY, compact, feats)
+    alone = allocate.allocation(TINY, {k: v[1:] for k, v in compact.items()}, feats)
     assert torch.allclose(both[1:], alone, rtol=1e-4)
 
 
@@ -111,7 +113,7 @@ def test_allocation_lowers_the_error_at_the_same_coded_size(fitted, payload_bits
     flat = flatten(TINY, compact)
     active = np.ones(2, bool)
     budget = payload_bits_per_weight * sum(p.shape[1] for p in flat) * 2
-    a = allocate.allocation(TINY, params, feats).numpy()
+    a = allocate.allocation(TINY, compact, feats).numpy()
     base = inr.forward_features(TINY, params, feats)
 
     def error(scales):
