@@ -55,7 +55,7 @@ def encode(source: str | Path | np.ndarray, sr: int | None = None, *, preset_nam
         config: the INR (default: the paper's KAN, :class:`~kancodec.inr.KANConfig`).
         fit_sr: sample rate to fit at; lower trades bandwidth for bits. Default: the input's,
             or just below it when that saves a nearly empty last window
-            (:func:`kancodec.audio.tile_rate`; not with ``hyper`` or ``start``).
+            (:func:`kancodec.audio.tile_rate`; not with ``hyper``).
         chunk, overlap: window length (default 32,768; 16,384 for ``kbps`` below 64 without
             ``config``) and cross-fade (default 1,024), in samples at ``fit_sr``.
         seed: random seed of the initial networks (default 0).

@@ -151,7 +151,7 @@ class InrCodec:
         if not 256 <= chunk <= MAX_CHUNK or not 0 <= overlap < chunk // 2:
             raise OptionError(f"{{chunk}} {chunk} / {{overlap}} {overlap}: need 256 <= {{chunk}} <= {MAX_CHUNK:,} and "
                               f"0 <= {{overlap}} < {{chunk}}/2", "chunk", "overlap")
-        tiled = fit_sr is None and hyper is None and start is None  # models fix their rate; a given rate is kept
+        tiled = fit_sr is None and hyper is None  # a hypernetwork fixes its rate; a given rate is kept
         fit_sr = tile_rate(x.shape[1], int(sr), chunk, overlap) if tiled else int(sr if fit_sr is None else fit_sr)
         if not 1000 <= fit_sr <= 192000:
             raise OptionError(f"{{fit_sr}} {fit_sr}: must be between 1000 and 192000 Hz", "fit_sr")
@@ -159,7 +159,7 @@ class InrCodec:
                            **({"steps": steps} if steps is not None else {}), **({"lr": lr} if lr is not None else {}))
         check_fit_settings(settings.steps, settings.lr, seed, "refine" if hyper is not None else "steps")
         check_readable(config, x.shape, sr, fit_sr, chunk, overlap)
-        if hyper is None:
+        if hyper is None and not chosen:  # with --kbps, once the network is chosen
             init = start_for(start, config, fit_sr, chunk, seed, device)
         w = cut(x, sr, fit_sr, chunk, overlap)
         post_blocks = post_blocks_of(chunk, fit_sr) if postfilter else 0

@@ -168,3 +168,25 @@ def test_auto_start_falls_back_on_a_damaged_theta(tmp_path, speech, monkeypatch)
     from kancodec.errors import FormatError
     with pytest.raises(FormatError, match="truncated|damaged"):  # asked for by name, the same file is an error
         api.encode(speech[0][:, :6000], 22050, steps=0, start=str(users / f"{fitqueue.AUTO_START}.safetensors"), **opts)
+
+
+def test_a_start_for_the_network_kbps_chooses_is_used_with_tiling(tmp_path, speech, monkeypatch):
+    """--kbps picks the network after the audio is cut: a θ learned for that network starts it (by
+    name or found by auto), also when the tiling lowered the fitting rate to drop a last window."""
+    x = speech[0][:, :33075]  # 1.5 s: two half windows at 22.05 kHz, one fewer at a rate 2.4 % lower
+    opts = dict(compile=False, device="cpu", steps=0)
+    plain = api.encode(x, 22050, kbps=48, **opts)
+    assert plain.audio.fit_sr < 22050  # the tiling lowered the rate
+    out = tmp_path / "t48.safetensors"
+    cfg = theta.ThetaConfig(target=plain.config.to_dict(), window=plain.audio.chunk, sample_rate=22050, inner_steps=3)
+    theta.save(theta.Theta(cfg), out, {"steps_done": 0})
+    kf = api.encode(x, 22050, kbps=48, start=str(out), **opts)  # by path: no error about the default network
+    assert kf.encode["start"]["model"] == "t48.safetensors"
+    assert (kf.config, kf.audio.fit_sr, kf.audio.windows) == (plain.config, plain.audio.fit_sr, plain.audio.windows)
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / f"{fitqueue.AUTO_START}.safetensors").write_bytes(out.read_bytes())
+    monkeypatch.setattr(modelfile, "user_models_dir", lambda: users)
+    assert api.encode(x, 22050, kbps=48, start="auto", **opts).encode["start"]["model"] == f"{fitqueue.AUTO_START}.safetensors"
+    # a rate further below θ's than the tiling goes: auto starts from random
+    assert "start" not in api.encode(x[:, :24000], 16000, kbps=48, start="auto", **opts).encode
