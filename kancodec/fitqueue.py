@@ -23,7 +23,7 @@ import torch
 
 from . import inr
 from .allocate import allocation
-from .audio import SILENCE, TILE_SPARE, n_windows, resample
+from .audio import SILENCE, n_windows, resample
 from .fit import FitProgress, FitSettings, fit, time_grid
 from .inrfile import coded_names
 from .runtime import Event, Progress, batch_size, fit_memory, want_compile
@@ -107,15 +107,12 @@ class ThetaInit:
                 "train_steps": self.ref.train.get("steps_done")}
 
     def fits(self, config: inr.INR, fit_sr: int, chunk: int) -> bool:
-        """Whether θ was learned for this network and window, at this fitting rate or one the
-        tiling lowered it to (:func:`~kancodec.audio.tile_rate`: at most 20 % below): the
-        network sees the same grid of ``chunk`` times, the audio runs up to 20 % slower."""
+        """Whether θ was learned for this network, rate and window (the encoder passes the rate
+        before the tiling lowers it, :func:`~kancodec.audio.tile_rate`: the network sees the same
+        grid of ``chunk`` times, the audio runs at most 20 % slower)."""
         c = self.theta.config
-        return c.inr == config and c.window == chunk and TILE_LOW * c.sample_rate <= fit_sr <= c.sample_rate
+        return c.inr == config and c.sample_rate == fit_sr and c.window == chunk
 
-
-#: the lowest share of θ's rate it is used at: what the tiling may lower a rate to
-TILE_LOW = 1.0 / (1.0 + TILE_SPARE) - 1e-9
 
 #: what ``start="auto"`` looks for by name (yours from train-theta; none is bundled)
 AUTO_START = "theta-kan"

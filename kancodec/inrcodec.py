@@ -153,6 +153,8 @@ class InrCodec:
                               f"0 <= {{overlap}} < {{chunk}}/2", "chunk", "overlap")
         tiled = fit_sr is None and hyper is None  # a hypernetwork fixes its rate; a given rate is kept
         fit_sr = tile_rate(x.shape[1], int(sr), chunk, overlap) if tiled else int(sr if fit_sr is None else fit_sr)
+        # θ is matched against the rate before the tiling: a rate lowered only to drop a last window keeps it
+        start_sr = int(sr) if tiled else fit_sr
         if not 1000 <= fit_sr <= 192000:
             raise OptionError(f"{{fit_sr}} {fit_sr}: must be between 1000 and 192000 Hz", "fit_sr")
         settings = replace(preset(preset_name, device, config), seed=seed,
@@ -160,13 +162,13 @@ class InrCodec:
         check_fit_settings(settings.steps, settings.lr, seed, "refine" if hyper is not None else "steps")
         check_readable(config, x.shape, sr, fit_sr, chunk, overlap)
         if hyper is None and not chosen:  # with --kbps, once the network is chosen
-            init = start_for(start, config, fit_sr, chunk, seed, device)
+            init = start_for(start, config, start_sr, chunk, seed, device)
         w = cut(x, sr, fit_sr, chunk, overlap)
         post_blocks = post_blocks_of(chunk, fit_sr) if postfilter else 0
         if chosen:
             config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), post_blocks)
             settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
-            init = start_for(start, config, fit_sr, chunk, seed, device)
+            init = start_for(start, config, start_sr, chunk, seed, device)
         budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config,
                                                      post_blocks)
         return Job(x=x, sr=int(sr), w=w, config=config, settings=settings, init=init, fit_sr=fit_sr, chunk=chunk,

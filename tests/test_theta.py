@@ -172,8 +172,9 @@ def test_auto_start_falls_back_on_a_damaged_theta(tmp_path, speech, monkeypatch)
 
 def test_a_start_for_the_network_kbps_chooses_is_used_with_tiling(tmp_path, speech, monkeypatch):
     """--kbps picks the network after the audio is cut: a θ learned for that network starts it (by
-    name or found by auto), also when the tiling lowered the fitting rate to drop a last window."""
-    x = speech[0][:, :33075]  # 1.5 s: two half windows at 22.05 kHz, one fewer at a rate 2.4 % lower
+    path or found by auto), also when the tiling lowered the fitting rate to drop a last window;
+    auto takes no θ at a rate asked for with fit_sr or an input's own rate other than θ's."""
+    x = speech[0][:, :33075]  # 1.5 s: three half windows at 22.05 kHz, one fewer at a rate 4 % lower
     opts = dict(compile=False, device="cpu", steps=0)
     plain = api.encode(x, 22050, kbps=48, **opts)
     assert plain.audio.fit_sr < 22050  # the tiling lowered the rate
@@ -188,5 +189,6 @@ def test_a_start_for_the_network_kbps_chooses_is_used_with_tiling(tmp_path, spee
     (users / f"{fitqueue.AUTO_START}.safetensors").write_bytes(out.read_bytes())
     monkeypatch.setattr(modelfile, "user_models_dir", lambda: users)
     assert api.encode(x, 22050, kbps=48, start="auto", **opts).encode["start"]["model"] == f"{fitqueue.AUTO_START}.safetensors"
-    # a rate further below θ's than the tiling goes: auto starts from random
-    assert "start" not in api.encode(x[:, :24000], 16000, kbps=48, start="auto", **opts).encode
+    # another rate than θ's, asked for or the input's own, even within 20 % of it: auto starts from random
+    assert "start" not in api.encode(x, 22050, kbps=48, fit_sr=20000, start="auto", **opts).encode
+    assert "start" not in api.encode(x[:, :30000], 20000, kbps=48, start="auto", **opts).encode
