@@ -92,7 +92,7 @@ def scales(config: inr.INR, compact: dict[str, torch.Tensor], h: torch.Tensor) -
                          for n in names], 1)
     energy = h.double() * sigma ** 2
     ok = torch.isfinite(energy) & (energy > 0)  # (B, T)
-    log_a = torch.where(ok, -0.5 * torch.where(ok, energy, torch.ones_like(energy)).log(), torch.zeros_like(energy))
+    log_a = torch.where(ok, -0.5 * energy.log(), torch.zeros_like(energy))
     weight = counts * ok  # (B, T)
     mean = (log_a * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp_min(1.0)
     log_a = torch.where(ok, log_a - mean, torch.zeros_like(log_a))

@@ -342,7 +342,8 @@ class FitQueue:
             params, chosen, scales = start, None, None
         compact = {k: v.detach() for k, v in inr.compact(job0.config, params).items()}
         if scales is None and not job0.bits == 32:  # no quantisation-aware steps: allocate for the start
-            scales = allocation(job0.config, compact, inr.input_features(job0.config, time_grid(target.shape[1], self.device)))
+            feats = inr.input_features(job0.config, time_grid(target.shape[1], self.device))
+            scales = allocation(job0.config, compact, feats)
         if chosen is None and callable(depth):
             chosen = depth(compact, scales)
         self.batches += 1

@@ -161,13 +161,12 @@ class InrCodec:
                            **({"steps": steps} if steps is not None else {}), **({"lr": lr} if lr is not None else {}))
         check_fit_settings(settings.steps, settings.lr, seed, "refine" if hyper is not None else "steps")
         check_readable(config, x.shape, sr, fit_sr, chunk, overlap)
-        if hyper is None and not chosen:  # with --kbps, once the network is chosen
-            init = start_for(start, config, start_sr, chunk, seed, device)
         w = cut(x, sr, fit_sr, chunk, overlap)
         post_blocks = post_blocks_of(chunk, fit_sr) if postfilter else 0
         if chosen:
             config = choose_config(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), post_blocks)
             settings = replace(preset(preset_name, device, config), **{k: getattr(settings, k) for k in ("seed", "steps", "lr")})
+        if hyper is None:  # after --kbps has chosen the network: θ must be learned for that one
             init = start_for(start, config, start_sr, chunk, seed, device)
         budget = None if kbps is None else Budget.of(kbps, x.shape[1] / sr, w.gains.shape[0], len(w.active), config,
                                                      post_blocks)
