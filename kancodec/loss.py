@@ -51,6 +51,13 @@ Where we differ, and why:
   quality; the presets ``fast`` and ``standard`` use 0.1 for the KAN, added from 30 % of the
   steps on (``kancodec.fit.LOG_MEL_FROM``: 2.80 / 9.1 at ``--kbps 48``).
 
+- A tilt, ours: in a window where hiss holds much of the power (a quarter or more above
+  3 kHz), the presets ``fast`` and ``standard`` compare ``x[n] + 0.5 · x[n - 1]`` of both
+  signals (:func:`tilt`; ``LOSS_TILT`` in :mod:`kancodec.fit`, where it is measured; on
+  from the first step wherever the settings have a log-mel weight), weighting its low band
+  up to 9.5 dB over its top band, so the hiss cannot take the whole fit from the voice under
+  it. Other windows, and ``paper``, have none.
+
 Before issue 15 this module used HTK-scale, unnormalised triangles, which made the spectral
 term 30-146x the paper's on the same signals. That filterbank is still available as
 ``mel_filterbank(..., htk=True, norm=None)`` (the hypernetwork's ``SpectralEncoder`` uses it).
@@ -174,6 +181,32 @@ class SpectralLoss:
                 logd = logd + (torch.log(mp + LOG_EPS) - torch.log(mt + LOG_EPS)).abs().mean((-1, -2))
         k = max(1, len(used))
         return total / k, (logd / k if log else None)
+
+
+def tilt(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
+    """``x[n] + b · x[n - 1]`` along the last axis of ``(B, N)`` signals (the first sample
+    kept as it is): a two-tap low-pass whose gain falls from ``1 + b`` at 0 Hz to ``1 - b`` at
+    half the rate (9.5 dB at ``b`` = 0.5). ``b``: one number, or ``(B, 1)``, one per row (a
+    row with 0 comes back unchanged); the number 0 returns ``x`` itself. Ours, not the
+    paper's: see ``LOSS_TILT`` in :mod:`kancodec.fit`."""
+    if not isinstance(b, torch.Tensor) and not b:
+        return x
+    return torch.cat([x[..., :1], x[..., 1:] + b * x[..., :-1]], -1)
+
+
+def top_band(x: torch.Tensor, sr: int, above_hz: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N)`` signals (2-D) -> ``(share, flatness)``, each ``(B,)``: the share of each
+    row's power in the FFT bins at or above ``above_hz``, and those bins' spectral flatness
+    (geometric over arithmetic mean of their power: near 1 for white noise, near 0 for a few
+    pure tones). Both 0 for a silent row or when no bin reaches ``above_hz``."""
+    power = torch.fft.rfft(x.double()).abs().square()
+    top = power[:, torch.fft.rfftfreq(x.shape[-1], 1 / sr).to(x.device) >= above_hz]
+    share = top.sum(-1) / power.sum(-1).clamp_min(1e-300)
+    if not top.shape[-1]:
+        return share, share
+    mean = top.mean(-1)
+    flat = torch.where(mean > 0, (top + 1e-300).log().mean(-1).exp() / mean.clamp_min(1e-300), 0.0)
+    return share, flat
 
 
 def fit_loss(pred: torch.Tensor, target: torch.Tensor, spectral: SpectralLoss,
