@@ -85,8 +85,8 @@ class FitSettings:
 #: gave PESQ 2.80 / SI-SNR 9.1 dB (2.70 / 7.9 from the start, 2.62 / 9.7 from 0.5).
 LOG_MEL_FROM = 0.3
 #: in a window whose power above :data:`HISS_HZ` is at least :data:`TILT_FROM` of the whole
-#: and noise-like (:data:`HISS_FLATNESS`), the loss compares ``x[n] + b · x[n - 1]`` of both signals (``b`` = this; in every step of a
-#: fit whose settings have a log-mel weight: "fast" and "standard", so also ``--hyper
+#: and noise-like (:data:`HISS_FLATNESS`), the loss compares ``x[n] + b · x[n - 1]`` of both
+#: signals (``b`` = this; in every step of a fit whose settings have a log-mel weight: "fast" and "standard", so also ``--hyper
 #: --refine`` and ``--start`` fits, unmeasured there; :func:`kancodec.loss.tilt`), so the
 #: window's low band weighs up to 9.5 dB more than its top band. The share is measured at the
 #: loss's rate, which the tiling may leave up to 20 % above the fitting rate (the cut is then
