@@ -84,35 +84,33 @@ class FitSettings:
 #: dB); from 0.3 the tone fits (14.4 dB), and four tuning clips at --kbps 48 and 300 steps
 #: gave PESQ 2.80 / SI-SNR 9.1 dB (2.70 / 7.9 from the start, 2.62 / 9.7 from 0.5).
 LOG_MEL_FROM = 0.3
-#: in a window whose power above :data:`HISS_HZ` is at least :data:`TILT_FROM` of the whole
-#: and noise-like (:data:`HISS_FLATNESS`), the loss compares ``x[n] + b · x[n - 1]`` of both
-#: signals (``b`` = this; in every step of a fit whose settings have a log-mel weight: "fast" and "standard", so also ``--hyper
-#: --refine`` and ``--start`` fits, unmeasured there; :func:`kancodec.loss.tilt`), so the
-#: window's low band weighs up to 9.5 dB more than its top band. The share is measured at the
-#: loss's rate, which the tiling may leave up to 20 % above the fitting rate (the cut is then
-#: up to 20 % lower in Hz, as the mel bands are). Without it, a window where loud hiss (an "s")
-#: holds most of the power spends the fit on noise no network of this size follows, and fits
-#: even the voice below 1 kHz at 1-2 dB SNR. Measured on every window (no threshold) at
-#: --kbps 48, 300 steps, on
-#: eighteen 1.5 s tuning crops (tuxpaint da / ro / be / es / ru / ca / bg, fillets-cs,
-#: asterisk's Allison and June; never reported as held out): mean PESQ / SI-SNR dB / STOI
-#: 2.704 / 11.72 / 0.897 without, 2.811 / 12.42 / 0.919 with 0.5; the two Belarusian clips
-#: whose second window is 51 % and 60 % hiss went 1.24 -> 2.33 and 1.22 -> 2.50, but PESQ fell
-#: on 8 of the others (by 0.06-0.35), and on held-out files without such windows it cost
-#: PESQ (2.735 -> 2.697 on the README's four bench clips, 2.988 -> 2.953 on eight whole
-#: files) for SI-SNR (+0.35, +0.19 dB). Hence the threshold: of the 36 windows of the tuning
-#: crops only the two failing ones and one at 26 % (tuxpaint ru, under a quarter as the
-#: codec cuts it: its file came out bit-identical) reach a quarter, the rest are at 13 % or
-#: less, and no window of those held-out files is above 23 % as the codec cuts them, so they
-#: are fitted exactly as before. With it, the two Belarusian clips went to
-#: PESQ 2.59 and 2.57 (SI-SNR 1.39 -> 4.01, -2.55 -> 0.41 dB); on nine held-out whole files
-#: (fillets-nl, asterisk's Carlo, tuxpaint fr) picked for a window of a quarter or more
-#: hiss (eight have one as the codec cuts them), mean PESQ 2.293 -> 2.414, SI-SNR 8.14 ->
-#: 8.94 dB, STOI 0.885 -> 0.896 (one file 1.56 -> 2.42 and -7.10 -> -0.12 dB, one 2.81 ->
-#: 3.14, the other seven within 0.10).
-#: "standard" takes it unmeasured at 2,000 steps. The opposite tilt (pre-emphasis: b = -0.7
-#: or -0.9 in the loss, or the signal pre-emphasised by 0.9 / 0.95 and de-emphasised on
-#: decode) lowered PESQ on nearly every clip.
+#: in a window whose power above :data:`HISS_HZ` is at least :data:`TILT_FROM` of the whole and
+#: noise-like (:data:`HISS_FLATNESS`), the loss compares ``x[n] + b · x[n - 1]`` of both signals
+#: (``b`` = this; in every step of a fit whose settings have a log-mel weight: "fast" and
+#: "standard", so also ``--hyper --refine`` and ``--start`` fits, unmeasured there;
+#: :func:`kancodec.loss.tilt`), so the window's low band weighs up to 9.5 dB more than its top
+#: band. The share is measured at the loss's rate, which the tiling may leave up to 20 % above
+#: the fitting rate (the cut is then up to 20 % lower in Hz, as the mel bands are). Without it,
+#: a window where loud hiss (an "s") holds most of the power spends the fit on noise no network
+#: of this size follows, and fits even the voice below 1 kHz at 1-2 dB SNR. Measured on every
+#: window (no threshold) at --kbps 48, 300 steps, on eighteen 1.5 s tuning crops (tuxpaint da /
+#: ro / be / es / ru / ca / bg, fillets-cs, asterisk's Allison and June; never reported as held
+#: out): mean PESQ / SI-SNR dB / STOI 2.704 / 11.72 / 0.897 without, 2.811 / 12.42 / 0.919 with
+#: 0.5; the two Belarusian clips whose second window is 51 % and 60 % hiss went 1.24 -> 2.33 and
+#: 1.22 -> 2.50, but PESQ fell on 8 of the others (by 0.06-0.35), and on held-out files without
+#: such windows it cost PESQ (2.735 -> 2.697 on the README's four bench clips, 2.988 -> 2.953 on
+#: eight whole files) for SI-SNR (+0.35, +0.19 dB). Hence the threshold: of the 36 windows of
+#: the tuning crops only the two failing ones and one at 26 % (tuxpaint ru, under a quarter as
+#: the codec cuts it: its file came out bit-identical) reach a quarter, the rest are at 13 % or
+#: less, and no window of those held-out files is above 23 % as the codec cuts them, so they are
+#: fitted exactly as before. With it, the two Belarusian clips went to PESQ 2.59 and 2.57
+#: (SI-SNR 1.39 -> 4.01, -2.55 -> 0.41 dB); on nine held-out whole files (fillets-nl, asterisk's
+#: Carlo, tuxpaint fr) picked for a window of a quarter or more hiss (eight have one as the
+#: codec cuts them), mean PESQ 2.293 -> 2.414, SI-SNR 8.14 -> 8.94 dB, STOI 0.885 -> 0.896 (one
+#: file 1.56 -> 2.42 and -7.10 -> -0.12 dB, one 2.81 -> 3.14, the other seven within 0.10).
+#: "standard" takes it unmeasured at 2,000 steps. The opposite tilt (pre-emphasis: b = -0.7 or
+#: -0.9 in the loss, or the signal pre-emphasised by 0.9 / 0.95 and de-emphasised on decode)
+#: lowered PESQ on nearly every clip.
 LOSS_TILT = 0.5
 #: see :data:`LOSS_TILT`
 HISS_HZ, TILT_FROM = 3000.0, 0.25
