@@ -107,7 +107,7 @@ LOG_MEL_FROM = 0.3
 #: (SI-SNR 1.39 -> 4.01, -2.55 -> 0.41 dB); on nine held-out whole files (fillets-nl, asterisk's
 #: Carlo, tuxpaint fr) picked for a window of a quarter or more hiss (eight have one as the
 #: codec cuts them), mean PESQ 2.293 -> 2.414, SI-SNR 8.14 -> 8.94 dB, STOI 0.885 -> 0.896 (one
-#: file 1.56 -> 2.42 and -7.10 -> -0.12 dB, one 2.81 -> 3.14, the other seven within 0.10).
+#: file 1.56 -> 2.42 and -7.10 -> -0.12 dB, one 2.81 -> 3.14, the other seven -0.07 to +0.10).
 #: "standard" takes it unmeasured at 2,000 steps. The opposite tilt (pre-emphasis: b = -0.7 or
 #: -0.9 in the loss, or the signal pre-emphasised by 0.9 / 0.95 and de-emphasised on decode)
 #: lowered PESQ on nearly every clip.
