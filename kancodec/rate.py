@@ -137,8 +137,9 @@ def choose_config(kbps: float, seconds: float, networks: int, active: int, post_
     where FULL's windows tile a file coarsely (2 windows of [16, 8] for 2.05 s, against 3
     of [16, 8, 4]). Files have natural lengths, so HALF stays. Within a regime the rule
     stays: the widest network that keeps 5.5 coded bits or more per weight (below that the
-    depth's noise costs more than the width gains), [16, 8, 4] at 48 kbps. The FULL ladder (32,768-sample windows, L = 10) measured
-    the same order on one tuning clip at 24, 48 and 96 kbps, SI-SNR / PESQ:
+    depth's noise costs more than the width gains), [16, 8, 4] at 48 kbps. The FULL ladder
+    (32,768-sample windows, L = 10) measured the same order on one tuning clip at 24, 48 and
+    96 kbps, SI-SNR / PESQ:
 
     ========  ===================  ===================  ===================  ===================
     kbps      48, 24, 12           32, 16, 8            24, 12, 6            16, 8

@@ -363,7 +363,7 @@ def test_tilted_fit_keeps_the_voice_under_loud_hiss(monkeypatch):
     assert with_tilt > without + 3.0
 
 
-def test_tilt_only_where_hiss_holds_a_quarter_of_the_power():
+def test_tilt_only_where_hiss_holds_a_quarter_of_the_power(monkeypatch):
     """The presets tilt a window only when a quarter or more of its power is above 3 kHz and
     noise-like there (not a tone); a batch of windows without gets exactly the untilted fit,
     and in a mixed batch each window gets its own. The tilt comes with the log-mel term: the
@@ -385,10 +385,7 @@ def test_tilt_only_where_hiss_holds_a_quarter_of_the_power():
     cfg = inr.KANConfig(hidden=(4,), n_freqs=4)
     batch = torch.cat([voice, hissy])
     tilted = F.fit(cfg, batch, replace(fast, steps=5), sr, compile=False).params
-    F_tilt, F.LOSS_TILT = F.LOSS_TILT, 0.0
-    try:
-        plain = F.fit(cfg, batch, replace(fast, steps=5), sr, compile=False).params
-    finally:
-        F.LOSS_TILT = F_tilt
+    monkeypatch.setattr(F, "LOSS_TILT", 0.0)
+    plain = F.fit(cfg, batch, replace(fast, steps=5), sr, compile=False).params
     assert all(torch.equal(tilted[k][0], plain[k][0]) for k in tilted)  # the voice: as without
     assert not all(torch.equal(tilted[k][1], plain[k][1]) for k in tilted)  # the hiss: tilted
